@@ -1,0 +1,241 @@
+"""Typed configuration: dataclasses, presets as small Python functions (big_vision style).
+
+A ``Config`` is built from a preset, then a config file (TOML or JSON, nested tables
+mirroring the dataclasses) and ``key=value`` overrides with dotted keys
+(``optim.lr=1e-3``, ``sam.rho=0.1``). Unknown keys and bad values are rejected with
+the valid choices; the resolved config is saved in every run directory and checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from vitsam.errors import VitsamError, unknown_choice
+
+
+@dataclass
+class ModelConfig:
+    name: str = "vit_tiny"           # a name from vitsam.models.list_models()
+    overrides: dict = field(default_factory=dict)  # keyword overrides for create_model
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fashion_mnist"   # fashion_mnist | cifar10:/path | cifar100:/path | folder:/path | arrays:/path
+    data_dir: str = ""               # overrides the default location of a named data set
+    img_size: int = 28               # model input size after crop
+    train_fraction: float = 1.0      # class-balanced subset (the paper's 1/2, 1/4, 1/10 study)
+    subset_seed: int = 0
+    crop_scale: tuple = (0.08, 1.0)  # Inception-style random resized crop scale range
+    crop_ratio: tuple = (3 / 4, 4 / 3)
+    hflip: bool = True
+    eval_crop_fraction: float = 0.875  # eval: resize to img_size / fraction, center crop img_size
+    num_workers: int = 0             # loader worker processes (folder data sets)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"              # adamw | sgd
+    lr: float = 3e-3
+    weight_decay: float = 0.3
+    betas: tuple = (0.9, 0.999)
+    momentum: float = 0.9            # sgd
+    nesterov: bool = False
+    warmup_steps: int = 0
+    warmup_fraction: float = 0.0     # used when warmup_steps == 0
+    schedule: str = "linear"         # linear | cosine | constant (after warmup)
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0           # global-norm clipping; 0 disables
+
+
+@dataclass
+class SAMConfig:
+    rho: float = 0.0                 # 0 disables SAM (the base optimizer alone)
+    adaptive: bool = False           # ASAM
+    eps: float = 1e-12
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 1.0
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    label_smoothing: float = 0.0
+    precision: str = "fp32"          # fp32 | bf16
+    seed: int = 0
+    log_every: int = 50
+    eval_every_epochs: float = 1.0
+    checkpoint_every: int = 0        # steps; 0 = at each epoch end and at the end
+    stop_after_steps: int = 0        # stop (with a checkpoint) after this many steps; 0 = run to the end
+    device: str = "auto"             # auto | cpu | cuda | cuda:N
+    progress: bool = True
+    threads: int = 0                 # torch intra-op threads; 0 = torch default
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sam: SAMConfig = field(default_factory=SAMConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    name: str = ""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- dict <-> dataclass
+
+def from_dict(data: dict, cls=Config, where: str = "config"):
+    """Build a dataclass from a (possibly partial) nested dict, rejecting unknown keys."""
+    obj = cls()
+    return merge(obj, data, where)
+
+
+def merge(obj, data: dict, where: str = "config"):
+    if not isinstance(data, dict):
+        raise VitsamError(f"{where}: expected a table of keys, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    hints = typing.get_type_hints(type(obj))
+    for key, value in data.items():
+        if key not in fields:
+            raise unknown_choice(f"key in {where}", key, fields)
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            merge(current, value, f"{where}.{key}")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], current, f"{where}.{key}"))
+    return obj
+
+
+def _coerce(value, hint, current, where: str):
+    """Convert a value parsed from TOML/JSON/the command line to the field's type."""
+    origin = typing.get_origin(hint) or hint
+    try:
+        if origin is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError
+            return bool(value)
+        if origin in (int, float, str):
+            if origin is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return origin(value)
+        if origin is tuple:
+            if isinstance(value, str):
+                value = json.loads(value if value.startswith("[") else f"[{value}]")
+            out = tuple(value)
+            if current is not None and len(out) != len(current):
+                raise ValueError
+            return tuple(type(c)(v) for c, v in zip(current, out)) if current else out
+        if origin is dict:
+            if isinstance(value, str):
+                value = json.loads(value)
+            if not isinstance(value, dict):
+                raise ValueError
+            return dict(value)
+    except (ValueError, TypeError, json.JSONDecodeError):
+        raise VitsamError(f"{where}: cannot use {value!r} as {getattr(hint, '__name__', hint)}") from None
+    return value
+
+
+def parse_override(text: str) -> dict:
+    """'optim.lr=1e-3' -> {'optim': {'lr': 1e-3}} (values parsed as JSON when possible)."""
+    if "=" not in text:
+        raise VitsamError(f"override {text!r} must look like key=value, e.g. optim.lr=1e-3")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    nested: dict = {}
+    node = nested
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return nested
+
+
+def load_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise VitsamError(f"config file {str(path)!r} does not exist")
+    try:
+        if path.suffix == ".toml":
+            return tomllib.loads(path.read_text())
+        if path.suffix == ".json":
+            return json.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
+        raise VitsamError(f"config file {str(path)!r} is not valid: {err}") from None
+    raise VitsamError(f"config file {str(path)!r}: use a .toml or .json file")
+
+
+# --------------------------------------------------------------------------- presets
+
+PRESETS: dict[str, Callable[[], Config]] = {}
+
+
+def preset(fn: Callable[[], Config]) -> Callable[[], Config]:
+    PRESETS[fn.__name__] = fn
+    return fn
+
+
+def get_preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise unknown_choice("preset", name, PRESETS)
+    cfg = PRESETS[name]()
+    cfg.name = cfg.name or name
+    return cfg
+
+
+def resolve(preset_name: str, config_file: str | None = None, overrides: list[str] = ()) -> Config:
+    cfg = get_preset(preset_name)
+    if config_file:
+        merge(cfg, load_file(config_file), f"config file {config_file}")
+    for text in overrides:
+        merge(cfg, parse_override(text), f"override {text!r}")
+    validate(cfg)
+    return cfg
+
+
+CHOICES = {
+    ("optim", "name"): ("adamw", "sgd"),
+    ("optim", "schedule"): ("linear", "cosine", "constant"),
+    ("train", "precision"): ("fp32", "bf16"),
+}
+
+
+def validate(cfg: Config) -> None:
+    for (section, key), choices in CHOICES.items():
+        value = getattr(getattr(cfg, section), key)
+        if value not in choices:
+            raise unknown_choice(f"{section}.{key}", value, choices)
+    if cfg.sam.rho < 0:
+        raise VitsamError(f"sam.rho must be >= 0, got {cfg.sam.rho}")
+    if not 0 < cfg.data.train_fraction <= 1:
+        raise VitsamError(f"data.train_fraction must be in (0, 1], got {cfg.data.train_fraction}")
+    if cfg.train.batch_size <= 0 or cfg.train.epochs <= 0:
+        raise VitsamError("train.batch_size and train.epochs must be positive")
+    from vitsam.models import list_models  # late import: models import torch
+    if cfg.model.name not in list_models():
+        raise unknown_choice("model", cfg.model.name, list_models())
+
+
+def save(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+
+def load(path: str | Path) -> Config:
+    return from_dict(json.loads(Path(path).read_text()), where=str(path))

@@ -1,0 +1,63 @@
+"""The one model contract every family follows (DESIGN.md, "Contracts worth keeping").
+
+Analyzers and evaluators depend only on this class, never on one architecture:
+
+- inputs are images in [0, 1], shape (B, C, H, W); the model normalizes them itself
+  (``mean``/``std`` buffers, default 0.5/0.5 so the network sees [-1, 1] as in the
+  authors' ViT code). Corruptions and PGD therefore work in pixel units directly.
+- ``forward_features(x)`` -> unpooled features: tokens (B, N, D) or maps (B, C, h, w);
+- ``forward_head(features, pre_logits=False)`` -> pooled features (B, D) or logits (B, K);
+- ``blocks``: the ordered residual blocks (``nn.ModuleList``);
+- ``parameter_groups()``: named lists of parameters (embedding, attention / token_mixing,
+  mlp / channel_mixing, head, block1..blockL) used by the per-block Hessian table;
+- ``AttentionProbe`` / ``ActivationProbe``: identity modules placed where attention
+  probabilities and MLP hidden activations are formed, so ``vitsam.models.capture``
+  can record them with forward hooks without editing the model.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class AttentionProbe(nn.Identity):
+    """Identity on attention probabilities (B, heads, N, N); a hook point for capture."""
+
+
+class ActivationProbe(nn.Identity):
+    """Identity on MLP hidden activations (B, ..., hidden) after the nonlinearity."""
+
+
+class VisionModel(nn.Module):
+    """Base class: input normalization + the contract above. Subclasses define
+    ``blocks``, ``forward_features``, ``forward_head`` and ``parameter_groups``."""
+
+    family: str = ""
+    blocks: nn.ModuleList
+
+    def __init__(self, num_classes: int, in_chans: int, img_size: int,
+                 mean: float | tuple = 0.5, std: float | tuple = 0.5):
+        super().__init__()
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.img_size = img_size
+        mean_t = torch.as_tensor(mean, dtype=torch.float32).expand(in_chans).reshape(1, -1, 1, 1)
+        std_t = torch.as_tensor(std, dtype=torch.float32).expand(in_chans).reshape(1, -1, 1, 1)
+        self.register_buffer("mean", mean_t.clone(), persistent=False)
+        self.register_buffer("std", std_t.clone(), persistent=False)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images: (B, C, H, W) in [0, 1] -> logits (B, num_classes)."""
+        return self.forward_head(self.forward_features(self.normalize(images)))
