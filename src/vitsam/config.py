@@ -58,8 +58,14 @@ class OptimConfig:
 @dataclass
 class SAMConfig:
     rho: float = 0.0                 # 0 disables SAM (the base optimizer alone)
-    adaptive: bool = False           # ASAM
+    variant: str = "sam"             # sam | gsam | looksam
+    adaptive: bool = False           # ASAM: T = |w| + eta
+    eta: float = 0.0
     eps: float = 1e-12
+    perturbation: str = "per_rank"   # per_rank (m-sharpness, the paper) | global (all-reduced g) under DDP
+    alpha: float = 0.2               # GSAM: weight of the orthogonal (surrogate-gap) term; LookSAM: gradient mix
+    rho_min: float = 0.0             # GSAM: rho follows the lr schedule from rho_min to rho
+    k: int = 5                       # LookSAM: a full SAM step every k steps
 
 
 @dataclass
@@ -68,7 +74,8 @@ class TrainConfig:
     batch_size: int = 128
     eval_batch_size: int = 512
     label_smoothing: float = 0.0
-    precision: str = "fp32"          # fp32 | bf16
+    precision: str = "fp32"          # fp32 | bf16 | fp16 (with a gradient scaler)
+    accumulation_steps: int = 1      # micro-batches per optimizer step (batch_size is the whole batch)
     seed: int = 0
     log_every: int = 50
     eval_every_epochs: float = 1.0
@@ -192,8 +199,14 @@ def preset(fn: Callable[[], Config]) -> Callable[[], Config]:
     return fn
 
 
+def list_presets() -> dict[str, Callable[[], Config]]:
+    import vitsam.presets  # noqa: F401  (registers the presets; late to avoid an import cycle)
+
+    return dict(sorted(PRESETS.items()))
+
+
 def get_preset(name: str) -> Config:
-    if name not in PRESETS:
+    if name not in list_presets():
         raise unknown_choice("preset", name, PRESETS)
     cfg = PRESETS[name]()
     cfg.name = cfg.name or name
@@ -213,7 +226,9 @@ def resolve(preset_name: str, config_file: str | None = None, overrides: list[st
 CHOICES = {
     ("optim", "name"): ("adamw", "sgd"),
     ("optim", "schedule"): ("linear", "cosine", "constant"),
-    ("train", "precision"): ("fp32", "bf16"),
+    ("train", "precision"): ("fp32", "bf16", "fp16"),
+    ("sam", "variant"): ("sam", "gsam", "looksam"),
+    ("sam", "perturbation"): ("per_rank", "global"),
 }
 
 

@@ -1,0 +1,96 @@
+"""Loss-geometry analyzers: the paper's lens (Table 1, the per-block Hessian table,
+the landscape, sparsity and attention figures).
+
+Modules: ``hessian`` (eigenvalues, trace, spectral density, per-block table),
+``ntk`` (empirical kernel and its condition number), ``landscape`` (filter-normalized
+directions, 1-D / 2-D plots, interpolation, Gaussian-perturbed loss), ``activations``
+(MLP sparsity), ``attention`` (class-token maps, rollout), ``runner`` (``vitsam analyze``)
+and ``report`` (the demo report's geometry section).
+
+Every analyzer has the shape DESIGN.md asks for: a dataclass of options configured
+once, ``run(model, batches)`` returning an ``AnalysisResult`` whose ``metrics`` are
+JSON-serializable and whose ``figures`` are matplotlib figures. They depend only on
+``nn.Module`` plus, where present, the model contract of ``vitsam.models.base``.
+
+This file holds the few helpers they share: the measurement mode (eval mode and the
+explicit attention path) and the size-weighted loss over a fixed list of batches.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vitsam.models import explicit_attention
+
+Batch = tuple[torch.Tensor, torch.Tensor]  # images (B, C, H, W), int64 labels (B,)
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, labels) -> mean loss
+
+
+@dataclass
+class AnalysisResult:
+    metrics: dict                                   # JSON-serializable
+    figures: dict = field(default_factory=dict)     # name -> matplotlib Figure
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The training loss the geometry is measured on (no label smoothing: the paper's
+    Hessian is that of the plain cross-entropy)."""
+    return F.cross_entropy(logits, labels)
+
+
+@contextlib.contextmanager
+def measurement_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode (BatchNorm running statistics, no dropout, as the paper measures) and
+    the explicit path of vitsam attention layers (a no-op for other modules): the fused
+    attention kernel has no double backward and no forward-mode AD, which Hessian-vector
+    products need. The model's train/eval flag is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with explicit_attention(model):
+            yield model
+    finally:
+        model.train(was_training)
+
+
+def batch_weights(batches: Sequence[Batch]) -> list[float]:
+    """Each batch's share of all examples: the loss over a fixed list of batches is the
+    size-weighted mean of the per-batch mean losses, i.e. the mean over all examples."""
+    sizes = [len(labels) for _, labels in batches]
+    total = sum(sizes)
+    return [s / total for s in sizes]
+
+
+def take(batches: Sequence[Batch], examples: int) -> list[Batch]:
+    """The first ``examples`` examples of a list of batches (the last one cut short)."""
+    out, left = [], examples
+    for images, labels in batches:
+        if left <= 0:
+            break
+        out.append((images[:left], labels[:left]))
+        left -= len(labels)
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Sequence[Batch], loss_fn: LossFn = cross_entropy,
+             params: dict | None = None) -> tuple[float, float]:
+    """(mean loss, error rate) over the batches, optionally at other parameter values
+    (``params``: name -> tensor, passed to ``functional_call``; the model is not copied)."""
+    loss = error = 0.0
+    with measurement_mode(model):
+        for weight, (images, labels) in zip(batch_weights(batches), batches):
+            logits = (torch.func.functional_call(model, params, (images,)) if params
+                      else model(images))
+            loss += weight * float(loss_fn(logits, labels))
+            error += weight * float((logits.argmax(-1) != labels).float().mean())
+    return loss, error
+
+
+def device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device

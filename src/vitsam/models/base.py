@@ -16,6 +16,8 @@ Analyzers and evaluators depend only on this class, never on one architecture:
 """
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 
@@ -57,6 +59,20 @@ class VisionModel(nn.Module):
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of parameters exempt from weight decay besides biases and norm
+        weights (which optimizers exempt by ``p.ndim <= 1``)."""
+        return set()
+
+    def params_matching(self, *patterns: str) -> list[nn.Parameter]:
+        """Parameters whose name starts with one of the regex ``patterns``, in model order."""
+        regex = re.compile("|".join(f"(?:{p})" for p in patterns))
+        return [p for name, p in self.named_parameters() if regex.match(name)]
+
+    def block_groups(self) -> dict[str, list[nn.Parameter]]:
+        """{"block1": [...], ..., "blockL": [...]}: the paper's per-block Hessian columns."""
+        return {f"block{k}": list(block.parameters()) for k, block in enumerate(self.blocks, 1)}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images: (B, C, H, W) in [0, 1] -> logits (B, num_classes)."""

@@ -1,0 +1,135 @@
+"""The `vitsam` command line: thin; each subcommand is a plain function."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from vitsam.errors import VitsamError
+
+
+def cmd_train(args) -> None:
+    from vitsam import config as config_lib
+    from vitsam.train.loop import train
+
+    cfg = config_lib.resolve(args.preset, args.config, args.set or [])
+    if args.data_dir:
+        cfg.data.data_dir = args.data_dir
+    print(json.dumps(cfg.to_dict(), indent=2), file=sys.stderr)
+    run_dir = train(cfg, args.out, resume=args.resume)
+    summary = run_dir / "eval.json"
+    if summary.exists():
+        print(summary.read_text().strip())
+
+
+def cmd_eval(args) -> None:
+    from vitsam.data.build import build_source
+    from vitsam.data import Loader
+    from vitsam.train.checkpoint import atomic_write_json, load_run
+    from vitsam.train.distributed import pick_device
+    from vitsam.train.loop import evaluate
+
+    run = load_run(args.run_dir)
+    device = pick_device(args.device)
+    cfg = run.config
+    if args.data_dir:
+        cfg.data.data_dir = args.data_dir
+    loader = Loader(build_source(cfg.data, "test"), cfg.train.eval_batch_size, train=False,
+                    img_size=cfg.data.img_size, seed=cfg.train.seed,
+                    eval_crop_fraction=cfg.data.eval_crop_fraction)
+    result = evaluate(run.model.to(device), loader, device)
+    path = Path(args.run_dir) / "eval.json"
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    summary.update(test_accuracy=result["accuracy"], test_loss=result["loss"], test_images=result["images"])
+    atomic_write_json(summary, path)
+    print(f"{args.run_dir}: test accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f} "
+          f"({result['images']} images, step {run.step})")
+
+
+def cmd_models(args) -> None:
+    import torch
+    from vitsam.models import create_model, list_models
+
+    print(f"{'name':<14} {'family':<7} {'params':>9}  at")
+    for name in list_models():
+        small = name.endswith("_tiny")  # the small variants are sized for 28x28 grayscale, 10 classes
+        kwargs = dict(num_classes=10, img_size=28, in_chans=1) if small else {}
+        with torch.device("meta"):  # shapes only: counting 236M parameters costs nothing
+            model = create_model(name, **kwargs)
+        params = sum(p.numel() for p in model.parameters())
+        where = "28px, 1 channel, 10 classes" if small else "224px, 1000 classes"
+        print(f"{name:<14} {model.family:<7} {params / 1e6:>8.2f}M  {where}")
+
+
+def cmd_presets(args) -> None:
+    from vitsam.config import list_presets
+
+    for name, fn in list_presets().items():
+        doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        print(f"{name:<26} {doc}")
+
+
+def cmd_demo(args) -> None:
+    from vitsam.demo import run_demo
+
+    report = run_demo(preset=args.preset, out=args.out, data_dir=args.data_dir, only=args.only,
+                      device=args.device)
+    print(f"report: {report}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vitsam", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train one model (torchrun-aware)",
+                       description="Train a preset, optionally changed by a config file and key=value overrides.")
+    p.add_argument("--preset", required=True, help="a name from `vitsam presets`")
+    p.add_argument("--config", help="a .toml or .json file with the same nested keys as the config")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. --set sam.rho=0.1 (repeatable)")
+    p.add_argument("--out", required=True, help="the run directory")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--data-dir", help="where the data set lives (overrides data.data_dir)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a run's latest weights on its test set")
+    p.add_argument("run_dir")
+    p.add_argument("--data-dir")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("models", help="list the registered models")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("presets", help="list the training presets")
+    p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("demo", help="the main job: six runs on Fashion-MNIST and an HTML report",
+                       description="Train the small ViT, Mixer and ResNet with and without SAM, analyze "
+                                   "them and write OUT/report.html. Finished runs are reused.")
+    p.add_argument("--preset", default="quick", help="quick (2-core CPU, ~15 min) or full (a GPU)")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--data-dir")
+    p.add_argument("--only", help="comma-separated subset of the runs, e.g. vit,vit_sam")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_demo)
+
+    for module in ("vitsam.analysis.runner", "vitsam.robustness.evaluate"):
+        try:
+            __import__(module, fromlist=["add_cli"]).add_cli(sub)
+        except (ImportError, AttributeError):  # the subcommand's package is not built yet
+            pass
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except VitsamError as err:
+        print(f"vitsam {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
