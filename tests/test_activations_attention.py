@@ -8,7 +8,7 @@ from torch import nn
 
 from vitsam.analysis.activations import ActivationSparsity, activation_sparsity, by_kind, positive_fraction
 from vitsam.analysis.attention import AttentionMaps, attention_maps, attention_rollout, cls_attention
-from vitsam.analysis.hessian import HessianBlocks, activation_norms
+from vitsam.analysis.hessian import HessianAnalysis, activation_norms
 from vitsam.models import create_model
 from vitsam.models.base import ActivationProbe
 
@@ -97,8 +97,12 @@ def test_block_table_of_a_vit(vit):
     norms = activation_norms(vit, [(images[:3], labels[:3]), (images[3:], labels[3:])])
     last = len(vit.blocks)
     assert norms[f"a{last}"] == pytest.approx(float(outputs[-1].flatten(1).norm(dim=1).mean()), rel=1e-5)
-    metrics = HessianBlocks(max_steps=3, tol=1e-1).run(vit, [(images, labels)]).metrics
-    json.dumps(metrics)
-    assert {"embedding", "attention", "mlp", "block1", f"block{last}", "whole"} <= set(metrics["lambda_max"])
+    result = HessianAnalysis(max_steps=3, density_steps=3, block_max_steps=2, trace_samples=2).run(
+        vit, [(images, labels)])
+    json.dumps(result.metrics)
+    table = result.metrics["blocks"]
+    assert {"embedding", "attention", "mlp", "block1", f"block{last}", "whole"} <= set(table["lambda_max"])
+    assert table["lambda_max"]["whole"] == result.metrics["lambda_max"]
     w = torch.cat([p.detach().flatten() for p in vit.parameters()]).norm()
-    assert metrics["weight_norm"] == pytest.approx(float(w), rel=1e-5)
+    assert table["weight_norm"] == pytest.approx(float(w), rel=1e-5)
+    assert set(result.figures) == {"hessian_density"}

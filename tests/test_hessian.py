@@ -100,9 +100,10 @@ def test_hvp_methods_agree_with_dense(mlp_case):
     model, batches = mlp_case
     H = dense_hessian(model, batches)
     v = torch.randn(H.shape[0], dtype=torch.float64)
-    for method in ("jvp", "double_backward"):
+    for method in ("jvp", "double_backward", "auto"):
         op = HessianOperator(model, F.cross_entropy, batches, method=method)
         torch.testing.assert_close(op(v), H @ v)
+        assert op.method in ("jvp", "double_backward")  # auto settles on the faster one
 
 
 def test_parameter_group_restricts_to_diagonal_block(mlp_case):

@@ -166,6 +166,8 @@ def test_bad_sizes_are_user_errors():
         create_model("vit_tiny", img_size=30)
     with pytest.raises(VitsamError, match="28x28.*img_size=32"):
         create_model("mixer_tiny")(torch.rand(1, 1, 32, 32))
+    with pytest.raises(VitsamError, match=r"\(B, 1, H, W\).*in_chans"):
+        create_model("resnet_tiny")(torch.rand(1, 3, 28, 28))
     with pytest.raises(VitsamError, match="block"):
         create_model("resnet_tiny", block="bottle")
 

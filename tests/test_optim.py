@@ -9,7 +9,7 @@ from torch import nn
 
 from vitsam.config import OptimConfig, SAMConfig
 from vitsam.errors import VitsamError
-from vitsam.optim import SAM, build_optimizer, build_scheduler, lr_lambda
+from vitsam.optim import GSAM, SAM, LookSAM, build_optimizer, build_scheduler, lr_lambda
 
 
 @pytest.mark.parametrize("step, want", [(0, 0.0), (5, 0.5), (10, 1.0), (55, 0.5), (100, 0.0), (150, 0.0)])
@@ -104,3 +104,42 @@ def test_factory_builds_base_or_sam():
 def test_unknown_optimizer_names_the_choices():
     with pytest.raises(VitsamError, match="adamw, sgd"):
         build_optimizer(TinyViTLike(), OptimConfig(name="lamb"), SAMConfig())
+
+
+def test_factory_picks_the_sam_variant_and_its_hyperparameters():
+    model = TinyViTLike()
+    optim_cfg = OptimConfig(name="sgd", lr=0.4, min_lr_ratio=0.25)
+    gsam = build_optimizer(model, optim_cfg, SAMConfig(rho=0.2, variant="gsam", rho_min=0.05, alpha=0.3,
+                                                       adaptive=True, eta=0.01))
+    assert type(gsam) is GSAM and gsam.per_rank
+    group = gsam.param_groups[0]
+    assert (group["rho"], group["rho_min"], group["alpha"], group["adaptive"], group["eta"]) == \
+        (0.2, 0.05, 0.3, True, 0.01)
+    assert (group["lr_min"], group["lr_max"]) == pytest.approx((0.1, 0.4))
+    looksam = build_optimizer(model, optim_cfg, SAMConfig(rho=0.1, variant="looksam", k=3, alpha=0.6,
+                                                          perturbation="global"))
+    assert type(looksam) is LookSAM and looksam.k == 3 and looksam.param_groups[0]["alpha"] == 0.6
+    sam = build_optimizer(model, optim_cfg, SAMConfig(rho=0.1, perturbation="global"))
+    assert type(sam) is SAM and not sam.per_rank
+    with pytest.raises(VitsamError, match="gsam, looksam, sam"):
+        build_optimizer(model, optim_cfg, SAMConfig(rho=0.1, variant="esam"))
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()`")
+def test_gsam_rho_follows_the_lr_schedule():
+    """rho_t = rho_min + (rho - rho_min)(lr_t - lr_min) / (lr_max - lr_min), lr_t from the
+    LambdaLR, clamped to [rho_min, rho] (warmup below lr_min)."""
+    model = TinyViTLike()
+    optim_cfg = OptimConfig(name="sgd", lr=0.4, warmup_steps=10, schedule="linear", min_lr_ratio=0.25)
+    optimizer = build_optimizer(model, optim_cfg, SAMConfig(rho=0.2, variant="gsam", rho_min=0.05))
+    scheduler = build_scheduler(optimizer, optim_cfg, total_steps=110)
+    group = optimizer.param_groups[0]
+    seen = {}
+    for step in range(111):
+        seen[step] = (group["lr"], optimizer._rho(group))
+        scheduler.step()
+    assert seen[0] == (0.0, 0.05)                        # warmup from 0 < lr_min: clamped
+    assert seen[10] == pytest.approx((0.4, 0.2))         # the peak
+    lr = 0.4 * lr_lambda(60, 110, 10, min_lr_ratio=0.25)
+    assert seen[60] == pytest.approx((lr, 0.05 + 0.15 * (lr - 0.1) / 0.3))
+    assert seen[110] == pytest.approx((0.1, 0.05))       # the floor

@@ -114,11 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_demo)
 
-    for module in ("vitsam.analysis.runner", "vitsam.robustness.evaluate"):
-        try:
-            __import__(module, fromlist=["add_cli"]).add_cli(sub)
-        except (ImportError, AttributeError):  # the subcommand's package is not built yet
-            pass
+    from vitsam.robustness.runner import add_cli as add_robust_cli
+
+    add_robust_cli(sub)
     return parser
 
 
@@ -126,10 +124,9 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.func(args)
+        return args.func(args) or 0
     except VitsamError as err:
         print(f"vitsam {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-    return 0

@@ -145,9 +145,30 @@ def training_curves(runs: list[DemoRun]):
 Stage = Callable[[list[DemoRun]], html.Section]
 
 
+def labelled(runs: list[DemoRun]) -> list[tuple[str, Path]]:
+    return [(run.label, run.run_dir) for run in runs]
+
+
+def robustness_stage(runs: list[DemoRun]) -> html.Section:
+    """Corrupted (19 corruptions x 5 severities) and PGD accuracy on a test subset."""
+    from vitsam.robustness.report import robustness_section
+    from vitsam.robustness.runner import DEMO_MAX_IMAGES, run_robustness
+
+    for run in runs:
+        print(f"[demo] {run.key}: robustness")
+        run_robustness(run.run_dir, max_images=DEMO_MAX_IMAGES, device=str(run_device(run)))
+    return robustness_section(labelled(runs))
+
+
+def run_device(run: DemoRun) -> torch.device:
+    from vitsam.train.distributed import pick_device
+
+    return pick_device(run.config.train.device)
+
+
 def stages() -> list[Stage]:
-    """The report's sections in order; later work appends its own."""
-    return [training_section]
+    """The report's sections in order; each computes what it needs (resumably), then draws."""
+    return [training_section, robustness_stage]
 
 
 def run_demo(preset: str = "quick", out: str | Path = "runs/demo", data_dir: str | None = None,

@@ -70,7 +70,7 @@ def plot_sparsity(curves: dict[str, list[float]], title: str = "Activation spars
 class ActivationSparsity:
     """Share of positive MLP hidden units per block on ``examples`` training images."""
     name: ClassVar[str] = "sparsity"
-    examples: int = 512
+    examples: int = 256
 
     def run(self, model: nn.Module, batches: Sequence[Batch],
             loss_fn: LossFn = cross_entropy) -> AnalysisResult:

@@ -5,8 +5,12 @@ The loss is the size-weighted mean over a fixed list of un-augmented batches wit
 model in eval mode (BatchNorm uses running statistics). Hessian-vector products are
 computed per batch and summed, so only one batch's graph lives at a time:
 
-- ``"jvp"`` (default): forward-over-reverse, ``jvp`` of ``grad`` with ``torch.func``;
-- ``"double_backward"``: reverse-over-reverse, the approach of the usual Hessian tools.
+- ``"jvp"``: forward-over-reverse, ``jvp`` of ``grad`` with ``torch.func``;
+- ``"double_backward"``: reverse-over-reverse, the approach of the usual Hessian tools;
+- ``"auto"`` (default): whichever of the two is faster for this model, timed on a few
+  examples at the first product. Neither wins everywhere: on a 2-core CPU double backward
+  was ~1.8x faster for the tiny ViT and Mixer, forward-over-reverse ~1.9x faster for the
+  tiny ResNet (BatchNorm); see benchmarks/bench_hessian.py.
 
 Both run through the explicit attention path (``measurement_mode``). Eigenvalues come
 from Lanczos with full reorthogonalization (Lanczos vectors kept on the CPU unless asked
@@ -17,6 +21,7 @@ Lanczos quadrature (Ghorbani et al. 2019) with Gaussian broadening.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Sequence
 
@@ -29,7 +34,7 @@ from vitsam.analysis import (AnalysisResult, Batch, LossFn, batch_weights, cross
 from vitsam.errors import unknown_choice
 from vitsam.models import capture
 
-HVP_METHODS = ("jvp", "double_backward")
+HVP_METHODS = ("auto", "jvp", "double_backward")
 EIGEN_METHODS = ("lanczos", "power")
 MatVec = Callable[[torch.Tensor], torch.Tensor]
 
@@ -40,7 +45,7 @@ class HessianOperator:
     in the order of ``model.named_parameters()``."""
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch],
-                 params: Sequence[nn.Parameter] | None = None, method: str = "jvp"):
+                 params: Sequence[nn.Parameter] | None = None, method: str = "auto"):
         if method not in HVP_METHODS:
             raise unknown_choice("Hessian-vector product method", method, HVP_METHODS)
         chosen = {id(p) for p in params} if params is not None else None
@@ -78,12 +83,26 @@ class HessianOperator:
         """v: flat (dim,) -> H v: flat (dim,)."""
         self.calls += 1
         tangent = self._split(v.to(self.device, self.dtype))
-        hvp = self._hvp_jvp if self.method == "jvp" else self._hvp_double_backward
         out = torch.zeros(self.dim, device=self.device, dtype=self.dtype)
         with measurement_mode(self.model), torch.enable_grad():
+            if self.method == "auto":
+                self.method = self._faster_method(tangent)
+            hvp = self._hvp_jvp if self.method == "jvp" else self._hvp_double_backward
             for weight, (images, labels) in zip(self.weights, self.batches):
                 out += weight * torch.cat([h.reshape(-1) for h in hvp(tangent, images, labels)])
         return out
+
+    def _faster_method(self, tangent: dict, examples: int = 8) -> str:
+        """Time both products on a few examples, twice each (the first call warms up)."""
+        images, labels = self.batches[0]
+        images, labels = images[:examples], labels[:examples]
+        seconds = {}
+        for method, hvp in (("jvp", self._hvp_jvp), ("double_backward", self._hvp_double_backward)):
+            for _ in range(2):
+                start = time.perf_counter()
+                hvp(tangent, images, labels)
+                seconds[method] = time.perf_counter() - start
+        return min(seconds, key=seconds.get)
 
 
 # --------------------------------------------------------------------------- Lanczos
@@ -123,18 +142,19 @@ def _random_unit(dim: int, seed: int, device, dtype) -> torch.Tensor:
 def lanczos_tridiagonal(matvec: MatVec, q: torch.Tensor, steps: int,
                         stop: Callable[[Tridiagonal], bool] = lambda t: False,
                         storage: str | torch.device = "cpu") -> Tridiagonal:
-    """Lanczos from the unit vector ``q``, with full reorthogonalization (twice, which is
-    enough in floating point: Parlett's "twice is enough"). The Lanczos vectors live on
-    ``storage`` (CPU by default): accelerator memory holds only O(1) vectors."""
-    Q = torch.empty(min(steps, q.numel()), q.numel(), dtype=q.dtype, device=storage)
+    """Lanczos from the unit vector ``q``, with full reorthogonalization (modified
+    Gram-Schmidt, twice: Parlett's "twice is enough"). The Lanczos vectors live on
+    ``storage`` (CPU by default) and only as many as steps taken: the model's device
+    holds O(1) parameter-sized vectors."""
+    basis: list[torch.Tensor] = []
     alphas, betas = [], []
-    for j in range(Q.shape[0]):
-        Q[j] = q.to(storage)
+    for _ in range(min(steps, q.numel())):
+        basis.append(q.to(storage))
         w = matvec(q).to(storage)
-        alphas.append(float(w @ Q[j]))
-        basis = Q[: j + 1]  # (j+1, dim)
+        alphas.append(float(w @ basis[-1]))
         for _ in range(2):
-            w -= basis.T @ (basis @ w)
+            for u in basis:
+                w -= (u @ w) * u
         beta = float(w.norm())
         tri = Tridiagonal(list(alphas), list(betas), beta)
         if beta <= 1e-10 * max(1.0, max(abs(a) for a in alphas)) or stop(tri):
@@ -150,16 +170,21 @@ class LanczosResult:
     residuals: list[float]     # |beta_{m+1} s_{m,i}| = ||H y_i - theta_i y_i||
     steps: int
     converged: bool
+    tridiagonal: Tridiagonal   # also one sample of stochastic Lanczos quadrature
 
 
 def lanczos(matvec: MatVec, dim: int, k: int = 1, tol: float = 1e-3, max_steps: int = 100,
-            seed: int = 0, device=None, dtype=torch.float32, storage="cpu") -> LanczosResult:
+            seed: int = 0, device=None, dtype=torch.float32, storage="cpu",
+            min_steps: int = 0) -> LanczosResult:
     """The k largest (algebraic) eigenvalues of a symmetric operator.
 
     Convergence criterion: every one of the k largest Ritz values theta_i has residual
     ||H y_i - theta_i y_i||_2 = |beta_{m+1} s_{m,i}| <= tol * |theta_i|, where s_i is the
     eigenvector of the m x m tridiagonal T. For a symmetric H this puts a true eigenvalue
-    within relative distance tol of each theta_i (Bauer-Fike / Kahan-Parlett bound)."""
+    within relative distance tol of each theta_i (Bauer-Fike / Kahan-Parlett bound); the
+    error of theta_i itself is usually far smaller (of order residual^2 / spectral gap).
+    ``min_steps`` keeps going after convergence, for a finer spectral density from the
+    same run (the start vector is Gaussian, as SLQ needs)."""
     def residuals(tri: Tridiagonal) -> tuple[np.ndarray, np.ndarray]:
         theta, S = tri.eig()
         top = slice(-1, -min(k, len(theta)) - 1, -1)  # largest first
@@ -169,11 +194,14 @@ def lanczos(matvec: MatVec, dim: int, k: int = 1, tol: float = 1e-3, max_steps: 
         theta, res = residuals(tri)
         return len(theta) >= min(k, dim) and bool(np.all(res <= tol * np.abs(theta)))
 
+    def stop(tri: Tridiagonal) -> bool:
+        return len(tri.alphas) >= min_steps and converged(tri)
+
     q = _random_unit(dim, seed, device, dtype)
-    tri = lanczos_tridiagonal(matvec, q, min(max_steps, dim), converged, storage)
+    tri = lanczos_tridiagonal(matvec, q, min(max(max_steps, min_steps), dim), stop, storage)
     theta, res = residuals(tri)
     return LanczosResult(theta.tolist(), res.tolist(), len(tri.alphas),
-                         converged(tri) or tri.next_beta <= 1e-10 * max(1.0, abs(theta[0])))
+                         converged(tri) or bool(tri.next_beta <= 1e-10 * max(1.0, abs(theta[0]))), tri)
 
 
 def power_iteration(matvec: MatVec, dim: int, k: int = 1, tol: float = 1e-3,
@@ -210,7 +238,7 @@ def power_iteration(matvec: MatVec, dim: int, k: int = 1, tol: float = 1e-3,
 def top_eigenvalues(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], k: int = 1,
                     params: Sequence[nn.Parameter] | None = None, method: str = "lanczos",
                     tol: float = 1e-3, max_steps: int = 100, seed: int = 0,
-                    hvp: str = "jvp") -> list[float]:
+                    hvp: str = "auto") -> list[float]:
     """The top-k Hessian eigenvalues of the loss over ``batches``, descending.
 
     ``params`` restricts the Hessian to a parameter group (its diagonal block, e.g.
@@ -240,20 +268,31 @@ def hutchinson_trace(matvec: MatVec, dim: int, samples: int = 50, seed: int = 0,
     return float(values.mean()), float(stderr)
 
 
+def quadrature(tri: Tridiagonal) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss quadrature of one Lanczos run from unit v: nodes theta_j (Ritz values) and
+    weights tau_j = (first component of T's j-th eigenvector)^2, so that
+    v^T f(H) v ~ sum_j tau_j f(theta_j); the weights sum to 1."""
+    theta, S = tri.eig()
+    return theta, S[0] ** 2
+
+
 def spectral_density(matvec: MatVec, dim: int, steps: int = 30, vectors: int = 2, seed: int = 0,
                      device=None, dtype=torch.float32) -> tuple[np.ndarray, np.ndarray]:
-    """Stochastic Lanczos quadrature: for each random unit vector v, the Ritz values
-    theta_j of ``steps`` Lanczos steps from v and weights tau_j = (first component of T's
-    j-th eigenvector)^2, so that v^T f(H) v ~ sum_j tau_j f(theta_j). Averaging over v
-    estimates the spectral density (1/n) sum_i delta(t - lambda_i).
-    Returns nodes and weights, both (vectors, m); the weights of each row sum to 1."""
-    nodes, weights = [], []
-    for i in range(vectors):
-        tri = lanczos_tridiagonal(matvec, _random_unit(dim, seed + i, device, dtype), min(steps, dim))
-        theta, S = tri.eig()
-        m = min(steps, dim)  # pad early-terminated runs with zero-weight nodes
-        nodes.append(np.pad(theta, (0, m - len(theta)), constant_values=theta[-1]))
-        weights.append(np.pad(S[0] ** 2, (0, m - len(theta))))
+    """Stochastic Lanczos quadrature (Ghorbani et al. 2019): averaging the quadrature of
+    ``steps`` Lanczos steps over random unit vectors v estimates the spectral density
+    (1/n) sum_i delta(t - lambda_i). Returns nodes and weights, both (vectors, m)."""
+    runs = [quadrature(lanczos_tridiagonal(matvec, _random_unit(dim, seed + i, device, dtype),
+                                           min(steps, dim)))
+            for i in range(vectors)]
+    return stack_quadratures(runs)
+
+
+def stack_quadratures(runs: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of equal length: a run that stopped early (an invariant subspace) is padded
+    with zero-weight nodes."""
+    m = max(len(theta) for theta, _ in runs)
+    nodes = [np.pad(theta, (0, m - len(theta)), constant_values=theta[-1]) for theta, _ in runs]
+    weights = [np.pad(tau, (0, m - len(tau))) for _, tau in runs]
     return np.asarray(nodes), np.asarray(weights)
 
 
@@ -281,40 +320,6 @@ def plot_density(nodes: np.ndarray, weights: np.ndarray, title: str = ""):
 
 
 # --------------------------------------------------------------------------- analyzers
-
-@dataclass
-class HessianSpectrum:
-    """lambda_1..k (Lanczos), trace (Hutchinson) and the spectral density (SLQ) of the
-    whole model's Hessian. Defaults are sized for the tiny demo models."""
-    name: ClassVar[str] = "hessian"
-    top_k: int = 3
-    tol: float = 1e-3
-    max_steps: int = 60
-    trace_samples: int = 10
-    density_vectors: int = 1
-    density_steps: int = 30
-    examples: int = 256
-    seed: int = 0
-
-    def run(self, model: nn.Module, batches: Sequence[Batch],
-            loss_fn: LossFn = cross_entropy) -> AnalysisResult:
-        batches = take(batches, self.examples)
-        op = HessianOperator(model, loss_fn, batches)
-        where = dict(device=op.device, dtype=op.dtype)
-        top = lanczos(op, op.dim, self.top_k, self.tol, self.max_steps, self.seed, **where)
-        trace, trace_err = hutchinson_trace(op, op.dim, self.trace_samples, self.seed, **where)
-        nodes, weights = spectral_density(op, op.dim, self.density_steps, self.density_vectors,
-                                          self.seed, **where)
-        metrics = {
-            "lambda_max": top.eigenvalues[0], "top_eigenvalues": top.eigenvalues,
-            "lanczos_residuals": top.residuals, "lanczos_steps": top.steps,
-            "converged": top.converged, "tol": self.tol,
-            "trace": trace, "trace_stderr": trace_err, "num_parameters": op.dim,
-            "num_examples": sum(len(y) for _, y in batches),
-            "density": {"nodes": nodes.tolist(), "weights": weights.tolist()},
-        }
-        return AnalysisResult(metrics, {"hessian_density": plot_density(nodes, weights)})
-
 
 def representative_blocks(num_blocks: int) -> list[int]:
     """First, middle and last block, 1-based; the paper's Block1 / Block6 / Block12 of 12."""
@@ -346,28 +351,66 @@ def activation_norms(model: nn.Module, batches: Sequence[Batch]) -> dict[str, fl
     return {f"a{k}": v for k, v in norms.items()}
 
 
+def weight_norm(model: nn.Module) -> float:
+    """||w||_2 over all parameters."""
+    return float(torch.sqrt(sum(p.detach().double().pow(2).sum() for p in model.parameters())))
+
+
 @dataclass
-class HessianBlocks:
-    """The paper's per-block table: lambda_max of the diagonal Hessian blocks (embedding,
-    all attention / token-mixing weights, all MLP / channel-mixing weights, first, middle
-    and last block, whole model), ||w||_2 of all parameters and ||a_k||_2 of the
-    post-activations (block outputs) of the first, middle and last block."""
-    name: ClassVar[str] = "hessian_blocks"
-    tol: float = 1e-3
+class HessianAnalysis:
+    """Table 1's lambda_max and the per-block table, plus the trace and the density.
+
+    Whole model: the top-k eigenvalues by Lanczos (run for at least ``density_steps``
+    steps, whose quadrature is the first SLQ sample of the spectral density; more with
+    ``density_vectors`` > 1) and Hutchinson's trace. Per block (``blocks=True``, vitsam
+    models): lambda_max of the diagonal blocks of ``block_groups``, ||w||_2 and the
+    ||a_k||_2 of ``activation_norms``. Defaults are sized for the tiny demo models on a
+    2-core CPU; ``tol`` bounds the relative Lanczos residual (see ``lanczos``)."""
+    name: ClassVar[str] = "hessian"
+    examples: int = 64
+    top_k: int = 1
+    tol: float = 1e-2
     max_steps: int = 40
-    examples: int = 256
+    density_steps: int = 8
+    density_vectors: int = 1
+    trace_samples: int = 2
+    blocks: bool = True
+    block_max_steps: int = 8
+    hvp: str = "auto"
     seed: int = 0
 
     def run(self, model: nn.Module, batches: Sequence[Batch],
             loss_fn: LossFn = cross_entropy) -> AnalysisResult:
         batches = take(batches, self.examples)
-        groups = {**block_groups(model), "whole": None}
-        lambdas = {name: top_eigenvalues(model, loss_fn, batches, 1, params, "lanczos",
-                                         self.tol, self.max_steps, self.seed)[0]
-                   for name, params in groups.items()}
-        weight_norm = float(torch.sqrt(sum(p.detach().double().pow(2).sum()
-                                           for p in model.parameters())))
-        metrics = {"lambda_max": lambdas, "weight_norm": weight_norm,
-                   "activation_norm": activation_norms(model, batches),
-                   "num_blocks": len(model.blocks)}
-        return AnalysisResult(metrics)
+        op = HessianOperator(model, loss_fn, batches, method=self.hvp)
+        where = dict(device=op.device, dtype=op.dtype)
+        top = lanczos(op, op.dim, self.top_k, self.tol, self.max_steps, self.seed,
+                      min_steps=self.density_steps, **where)
+        extra = [quadrature(lanczos_tridiagonal(op, _random_unit(op.dim, self.seed + i, **where),
+                                                self.density_steps))
+                 for i in range(1, self.density_vectors)]
+        nodes, weights = stack_quadratures([quadrature(top.tridiagonal)] + extra)
+        trace, trace_err = hutchinson_trace(op, op.dim, self.trace_samples, self.seed, **where)
+        metrics = {
+            "lambda_max": top.eigenvalues[0], "top_eigenvalues": top.eigenvalues,
+            "lanczos_residuals": top.residuals, "lanczos_steps": top.steps, "converged": top.converged,
+            "trace": trace, "trace_stderr": trace_err,
+            "num_parameters": op.dim, "num_examples": sum(len(y) for _, y in batches), "hvp": op.method,
+            "density": {"nodes": nodes.tolist(), "weights": weights.tolist()},
+        }
+        if self.blocks and hasattr(model, "parameter_groups"):
+            metrics["blocks"] = self.block_table(model, batches, loss_fn, top.eigenvalues[0], op.method)
+        return AnalysisResult(metrics, {"hessian_density": plot_density(nodes, weights)})
+
+    def block_table(self, model: nn.Module, batches: Sequence[Batch], loss_fn: LossFn,
+                    whole: float, hvp: str) -> dict:
+        """The paper's per-block table (its "Whole" column is the whole-model lambda_max)."""
+        lambdas, steps = {}, {}
+        for name, params in block_groups(model).items():
+            op = HessianOperator(model, loss_fn, batches, params, hvp)
+            result = lanczos(op, op.dim, 1, self.tol, self.block_max_steps, self.seed,
+                             device=op.device, dtype=op.dtype)
+            lambdas[name], steps[name] = result.eigenvalues[0], result.steps
+        return {"lambda_max": {**lambdas, "whole": whole}, "lanczos_steps": steps,
+                "weight_norm": weight_norm(model),
+                "activation_norm": activation_norms(model, batches), "num_blocks": len(model.blocks)}

@@ -86,7 +86,7 @@ def gaussian_perturbed(model: nn.Module, batches: Sequence[Batch], sigma: float,
     w + N(0, sigma^2 I) (every parameter perturbed, absolute sigma)."""
     generator = torch.Generator().manual_seed(seed)
     losses, errors = [], []
-    for _ in range(draws):
+    for _ in range(draws if sigma > 0 else 1):
         noisy = {n: w.detach() + sigma * torch.randn(w.shape, generator=generator, dtype=w.dtype).to(w.device)
                  for n, w in model.named_parameters()}
         loss, error = evaluate(model, batches, loss_fn, noisy)
@@ -149,9 +149,9 @@ class LossLandscape:
     [-span, span], with contour and surface figures."""
     name: ClassVar[str] = "landscape"
     span: float = 1.0
-    points: int = 21
-    grid: int = 11
-    examples: int = 512
+    points: int = 13
+    grid: int = 7
+    examples: int = 128
     ignore_biases_and_norms: bool = True
     seed: int = 0
 
@@ -177,8 +177,8 @@ class GaussianPerturbation:
     """Training loss and error at w + N(0, sigma^2), averaged over ``draws``, per sigma."""
     name: ClassVar[str] = "perturbed"
     sigmas: tuple = (0.0, 0.01, 0.02, 0.05)
-    draws: int = 3
-    examples: int = 512
+    draws: int = 2
+    examples: int = 256
     seed: int = 0
 
     def run(self, model: nn.Module, batches: Sequence[Batch],

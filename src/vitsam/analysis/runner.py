@@ -22,12 +22,12 @@ import torch
 from vitsam.analysis import AnalysisResult, Batch
 from vitsam.analysis.activations import ActivationSparsity
 from vitsam.analysis.attention import AttentionMaps
-from vitsam.analysis.hessian import HessianBlocks, HessianSpectrum
+from vitsam.analysis.hessian import HessianAnalysis
 from vitsam.analysis.landscape import GaussianPerturbation, LossLandscape
 from vitsam.analysis.ntk import NTKConditioning
 from vitsam.errors import VitsamError, unknown_choice
 
-ANALYZERS = {cls.name: cls for cls in (HessianSpectrum, HessianBlocks, NTKConditioning, LossLandscape,
+ANALYZERS = {cls.name: cls for cls in (HessianAnalysis, NTKConditioning, LossLandscape,
                                        GaussianPerturbation, ActivationSparsity, AttentionMaps)}
 
 
@@ -88,7 +88,7 @@ def save_result(result: AnalysisResult, name: str, out_dir: Path, extra: dict) -
 
 
 def analyze_run(run_dir: str | Path, only: Sequence[str] | None = None, force: bool = False,
-                options: dict[str, dict] | None = None, examples: int = 512, batch_size: int = 128,
+                options: dict[str, dict] | None = None, examples: int = 256, batch_size: int = 128,
                 device: str = "auto", log=print) -> dict[str, dict]:
     """Run the analyzers ``only`` (all when None) on a run directory; return name -> result.
 
@@ -130,7 +130,7 @@ def analyze_run(run_dir: str | Path, only: Sequence[str] | None = None, force: b
 
 
 def interpolation_between(run_a: str | Path, run_b: str | Path, points: int = 11,
-                          examples: int = 512, batch_size: int = 128, device: str = "auto") -> dict:
+                          examples: int = 256, batch_size: int = 128, device: str = "auto") -> dict:
     """Training loss and error along (1 - t) w_a + t w_b for two runs of the same
     architecture (e.g. vanilla and SAM), on run a's training batches; t in [-0.25, 1.25]."""
     from vitsam.analysis.landscape import interpolate
@@ -172,9 +172,9 @@ def summary_line(record: dict) -> str:
     if "skipped" in record:
         return f"skipped ({record['skipped']})"
     if name == "hessian":
-        return f"lambda_max {record['lambda_max']:.4g}, trace {record['trace']:.4g}"
-    if name == "hessian_blocks":
-        return ", ".join(f"{k} {v:.4g}" for k, v in record["lambda_max"].items())
+        blocks = record.get("blocks", {}).get("lambda_max", {})
+        return (f"lambda_max {record['lambda_max']:.4g}, trace {record['trace']:.4g}; per block: "
+                + ", ".join(f"{k} {v:.4g}" for k, v in blocks.items()))
     if name == "ntk":
         return ", ".join(f"kappa[{k}] {record[k]['kappa']}" for k in ("sum", "full") if k in record)
     if name == "sparsity":
@@ -192,7 +192,7 @@ def add_cli(subparsers) -> None:
     p.add_argument("--force", action="store_true", help="redo analyzers whose results exist")
     p.add_argument("--set", action="append", metavar="ANALYZER.OPTION=VALUE",
                    help="an analyzer option, e.g. --set hessian.top_k=5 (repeatable)")
-    p.add_argument("--examples", type=int, default=512, help="training images loaded (default 512)")
+    p.add_argument("--examples", type=int, default=256, help="training images loaded (default 256)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_analyze)

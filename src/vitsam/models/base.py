@@ -9,7 +9,11 @@ Analyzers and evaluators depend only on this class, never on one architecture:
 - ``forward_head(features, pre_logits=False)`` -> pooled features (B, D) or logits (B, K);
 - ``blocks``: the ordered residual blocks (``nn.ModuleList``);
 - ``parameter_groups()``: named lists of parameters (embedding, attention / token_mixing,
-  mlp / channel_mixing, head, block1..blockL) used by the per-block Hessian table;
+  mlp / channel_mixing, head, block1..blockL; ResNet: embedding, head, stage1..stageS,
+  block1..blockL) used by the per-block Hessian table (PAPER.md, Table 1); embedding,
+  the blocks and head partition the parameters, and head holds exactly what
+  ``forward_head`` uses;
+- ``no_weight_decay()``: parameter names exempt from weight decay besides ``p.ndim <= 1``;
 - ``AttentionProbe`` / ``ActivationProbe``: identity modules placed where attention
   probabilities and MLP hidden activations are formed, so ``vitsam.models.capture``
   can record them with forward hooks without editing the model.
@@ -20,6 +24,8 @@ import re
 
 import torch
 from torch import nn
+
+from vitsam.errors import VitsamError
 
 
 class AttentionProbe(nn.Identity):
@@ -49,6 +55,9 @@ class VisionModel(nn.Module):
         self.register_buffer("std", std_t.clone(), persistent=False)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != self.in_chans:
+            raise VitsamError(f"{type(self).__name__} takes images of shape (B, {self.in_chans}, H, W), "
+                              f"got {tuple(images.shape)}; create it with in_chans=<channels>")
         return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract

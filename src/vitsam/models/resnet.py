@@ -3,8 +3,7 @@
 ``width_factor`` multiplies every channel width, the stem included: ResNet-50x2 has
 four times the parameters of ResNet-50 in its convolutions (98M vs 25M, PAPER.md).
 ``stem="cifar"`` swaps the 7x7/2 conv + max-pool for one 3x3/1 conv, for small images.
-The last BatchNorm of each residual branch starts at zero (Goyal et al. 2017), so every
-block starts as the identity; the head starts at zero as for ViT and Mixer.
+Convolutions start Kaiming-normal (fan out); the head starts at zero as for ViT and Mixer.
 """
 from __future__ import annotations
 
@@ -101,8 +100,6 @@ class ResNet(VisionModel):
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
-        for block in self.blocks:
-            nn.init.zeros_(block.residual[-1].weight)  # each block starts as the identity
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 

@@ -2,9 +2,10 @@
 
 Patch embedding (a strided conv), a class token, a learned position embedding,
 pre-norm blocks (LayerNorm eps 1e-6, multi-head self-attention, GELU MLP), a final
-LayerNorm and a linear head on the class token. Initialization follows big_vision
-(the authors' code base): xavier-uniform dense kernels, position embedding
-N(0, 0.02), zero class token, zero-initialized head.
+LayerNorm and a linear head on the class token. Initialization follows the
+reference JAX code (google-research/vision_transformer, big_vision): xavier-uniform
+dense kernels, LeCun-normal patch embedding, position embedding N(0, 0.02), zero
+class token, zero-initialized head.
 """
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ class VisionTransformer(VisionModel):
 
     def reset_parameters(self) -> None:
         init_weights(self)
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.pos_embed, std=0.02)
         nn.init.zeros_(self.cls_token)
         nn.init.zeros_(self.head.weight)  # big_vision: zero head, logits start at 0
         nn.init.zeros_(self.head.bias)

@@ -1,4 +1,5 @@
-"""Build the optimizer a config asks for: AdamW or SGD, wrapped in SAM when rho > 0.
+"""Build the optimizer a config asks for: AdamW or SGD, wrapped in the SAM family when
+rho > 0 (``sam.variant``: SAM, or ASAM with ``sam.adaptive``; GSAM; LookSAM).
 
 Weight decay applies to weights only (the paper's recipe: AdamW, weight decay 0.3 for
 ViT / Mixer; SGD with momentum for ResNets): biases, normalization scales and the
@@ -11,9 +12,10 @@ from torch import nn
 
 from vitsam.config import OptimConfig, SAMConfig
 from vitsam.errors import VitsamError, unknown_choice
-from vitsam.optim.sam import SAM
+from vitsam.optim.sam import GSAM, SAM, LookSAM
 
 OPTIMIZERS = ("adamw", "sgd")
+SAM_VARIANTS = ("sam", "gsam", "looksam")
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -31,7 +33,8 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(model: nn.Module, optim_cfg: OptimConfig,
                     sam_cfg: SAMConfig) -> torch.optim.Optimizer:
-    """The base optimizer when ``sam.rho == 0`` (bit-identical to no SAM), else SAM / ASAM."""
+    """The base optimizer when ``sam.rho == 0`` (bit-identical to no SAM), else the
+    ``sam.variant`` of the SAM family around it."""
     groups = parameter_groups(model, optim_cfg.weight_decay)
     if optim_cfg.name == "adamw":
         base = torch.optim.AdamW(groups, lr=optim_cfg.lr, betas=optim_cfg.betas,
@@ -45,4 +48,14 @@ def build_optimizer(model: nn.Module, optim_cfg: OptimConfig,
         raise unknown_choice("optim.name", optim_cfg.name, OPTIMIZERS)
     if sam_cfg.rho == 0:
         return base
-    return SAM(base.param_groups, base, rho=sam_cfg.rho, adaptive=sam_cfg.adaptive, eps=sam_cfg.eps)
+    common = dict(rho=sam_cfg.rho, adaptive=sam_cfg.adaptive, eta=sam_cfg.eta, eps=sam_cfg.eps,
+                  per_rank=sam_cfg.perturbation == "per_rank")
+    if sam_cfg.variant == "sam":
+        return SAM(base.param_groups, base, **common)
+    if sam_cfg.variant == "gsam":
+        # rho_t follows the schedule from rho at the peak lr down to rho_min at its floor
+        return GSAM(base.param_groups, base, rho_min=sam_cfg.rho_min, alpha=sam_cfg.alpha,
+                    lr_min=optim_cfg.lr * optim_cfg.min_lr_ratio, lr_max=optim_cfg.lr, **common)
+    if sam_cfg.variant == "looksam":
+        return LookSAM(base.param_groups, base, k=sam_cfg.k, alpha=sam_cfg.alpha, **common)
+    raise unknown_choice("sam.variant", sam_cfg.variant, SAM_VARIANTS)

@@ -14,6 +14,8 @@ Points 4 and 5 (BatchNorm statistics, dropout masks) belong to the closure and l
 closure (gradient at w), ascent to w + e, closure (gradient at w + e), restore w, base step.
 
 ``GSAM`` (Zhuang et al. 2022) and ``LookSAM`` (Liu et al. 2022) reuse this machinery.
+An exception raised by the second closure call (an fp16 overflow that skips the step,
+Ctrl-C) leaves the weights at w, never at w + e.
 """
 from __future__ import annotations
 
@@ -34,13 +36,15 @@ class SAM(torch.optim.Optimizer):
     ``base_optimizer`` is an optimizer class (built on SAM's groups with ``base_kwargs``)
     or an optimizer already built on the same parameters. ``rho``, ``adaptive`` and
     ``eta`` may differ per param group. ASAM (Kwon et al. 2021): T = |w| + eta and
-    e = rho T^2 g / ||T g||; plain SAM: e = rho g / ||g||.
+    e = rho T^2 g / ||T g||; plain SAM: e = rho g / ||g||. ``per_rank``: under DDP each
+    rank perturbs by its own gradient (m-sharpness, the paper); False all-reduces the
+    ascent gradient too ("global" perturbation), see ``_ascent_pass``.
     """
 
     keeps_first_gradient = False  # GSAM and LookSAM need g (at w) after the ascent
 
     def __init__(self, params, base_optimizer, rho: float = 0.05, adaptive: bool = False,
-                 eps: float = 1e-12, eta: float = 0.0, **base_kwargs):
+                 eps: float = 1e-12, eta: float = 0.0, per_rank: bool = True, **base_kwargs):
         if rho < 0:
             raise VitsamError(f"SAM rho must be >= 0, got {rho}")
         if isinstance(base_optimizer, torch.optim.Optimizer):
@@ -54,6 +58,7 @@ class SAM(torch.optim.Optimizer):
         self.defaults.update(base_optimizer.defaults)
         self._saved_weights: Tensors = {}
         self._first_grads: Tensors = {}  # only kept by variants that need g after the ascent
+        self.per_rank = per_rank
         self.local_gradient_pass = False  # see _ascent_pass
 
     # ------------------------------------------------------------------ the two halves
@@ -77,9 +82,7 @@ class SAM(torch.optim.Optimizer):
     def second_step(self, zero_grad: bool = False) -> None:
         """Copy the saved weights back (PAPER point 2), then the base optimizer's step
         with the gradient taken at w + e."""
-        for p, saved in self._saved_weights.items():
-            p.copy_(saved)
-        self._first_grads = {}
+        self._restore_weights()
         self.base_optimizer.step()
         if zero_grad:
             self.zero_grad()
@@ -93,9 +96,19 @@ class SAM(torch.optim.Optimizer):
         with self._ascent_pass():
             loss = closure()
         self.first_step(zero_grad=True)
-        closure()
+        try:
+            closure()
+        except BaseException:
+            self._restore_weights()  # the step is abandoned: back to w, not left at w + e
+            raise
         self.second_step()
         return loss
+
+    @torch.no_grad()
+    def _restore_weights(self) -> None:
+        for p, saved in self._saved_weights.items():
+            p.copy_(saved)
+        self._first_grads = {}
 
     # ------------------------------------------------------------------ pieces shared by variants
 
@@ -129,8 +142,9 @@ class SAM(torch.optim.Optimizer):
         """Around the first closure call, ``local_gradient_pass`` tells the closure that,
         under DDP, this gradient may stay per rank (PAPER point 3, m-sharpness): each rank
         perturbs by its own gradient, only the second pass synchronizes. Not for variants
-        that reuse g in the update: a per-rank g would make the ranks' updates differ."""
-        self.local_gradient_pass = not self.keeps_first_gradient
+        that reuse g in the update: a per-rank g would make the ranks' updates differ.
+        ``per_rank=False`` synchronizes this pass too (the "global" perturbation)."""
+        self.local_gradient_pass = self.per_rank and not self.keeps_first_gradient
         try:
             yield
         finally:
@@ -164,9 +178,11 @@ class GSAM(SAM):
 
     Ascent as SAM with rho_t tied to the learning rate,
     rho_t = rho_min + (rho - rho_min)(lr_t - lr_min) / (lr_max - lr_min),
-    lr_max defaulting to the group's lr at construction (the schedule's peak). The update
-    direction is g_adv - alpha * g_perp, g_perp the part of the first gradient g orthogonal
-    to the perturbed gradient g_adv: g_perp = g - (g . g_adv / ||g_adv||^2) g_adv.
+    lr_t read from the param groups at each step (so an LR scheduler drives rho_t too),
+    lr_max defaulting to the group's lr at construction (the schedule's peak); the
+    fraction is clamped to [0, 1] (a warmup below lr_min never gives rho_t < rho_min).
+    The update direction is g_adv - alpha * g_perp, g_perp the part of the first gradient
+    g orthogonal to the perturbed gradient g_adv: g_perp = g - (g . g_adv / ||g_adv||^2) g_adv.
     """
 
     keeps_first_gradient = True
@@ -186,7 +202,7 @@ class GSAM(SAM):
         lr_range = group["lr_max"] - group["lr_min"]
         if lr_range <= 0:
             return group["rho"]
-        fraction = (group["lr"] - group["lr_min"]) / lr_range
+        fraction = min(1.0, max(0.0, (group["lr"] - group["lr_min"]) / lr_range))
         return group["rho_min"] + (group["rho"] - group["rho_min"]) * fraction
 
     @torch.no_grad()

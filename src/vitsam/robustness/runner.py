@@ -18,16 +18,21 @@ from vitsam.data import Loader, load_source
 from vitsam.errors import VitsamError
 from vitsam.robustness.corruptions import ALL_CORRUPTIONS, SEVERITIES, check_names
 from vitsam.robustness.evaluate import (LAYOUTS, corrupted_sets, evaluate_corrupted_sets, evaluate_corruptions,
-                                        evaluate_pgd, eps_key)
+                                        evaluate_pgd)
 from vitsam.robustness.shifted import evaluate_shift, parse_shift
 from vitsam.train.checkpoint import atomic_write_json, load_run
 
 # PGD radii in [0, 1] pixel units: ImageNet's usual 1/255, 2/255, 4/255 and one larger
 DEFAULT_PGD_EPS = (1 / 255, 2 / 255, 4 / 255, 8 / 255)
-# Test images per evaluation by default: sized so the demo's six tiny models finish
-# 19 corruptions x 5 severities and PGD-10 at 4 radii in minutes on 2 CPU cores.
+# Test images per evaluation by default (vit_tiny on Fashion-MNIST, 1 loaded CPU core:
+# about 2.5 min corrupted + 1 min PGD per run).
 CORRUPTION_IMAGES = 1000
 PGD_IMAGES = 500
+# What `vitsam demo` should pass as max_images: 19 x 5 corrupted copies and PGD-10 at
+# 4 radii of 200 test images take 30-55 s per tiny model (measured on the shared
+# 2-core CPU, 1 torch thread, load ~6: benchmarks/bench_corruptions.py), about 4 min
+# for the six demo runs, less on an idle machine.
+DEMO_MAX_IMAGES = 200
 RESULTS_DIR = "robustness"
 
 
@@ -208,4 +213,4 @@ def format_results(results: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["run_robustness", "add_cli", "robust_command", "format_results", "DEFAULT_PGD_EPS", "eps_key"]
+__all__ = ["run_robustness", "add_cli", "robust_command", "format_results", "DEFAULT_PGD_EPS", "DEMO_MAX_IMAGES"]

@@ -1,7 +1,9 @@
 """torchrun / DistributedDataParallel plumbing: no home-made launcher.
 
 ``torchrun --nproc_per_node=N -m vitsam train ...`` sets RANK / WORLD_SIZE / LOCAL_RANK;
-without them everything runs as a single process of world size 1.
+without them everything runs as a single process of world size 1. Multi-node runs use
+torchrun's usual flags (``--nnodes``, ``--rdzv-endpoint``); ``--max-restarts`` restarts
+failed workers, and the training loop then resumes from the run's latest checkpoint.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ class Dist:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    owns_group: bool = False  # setup created the process group, so teardown destroys it
 
     @property
     def is_main(self) -> bool:
@@ -50,9 +53,10 @@ def setup(device_name: str = "auto") -> Dist:
     device = pick_device(device_name, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
+    owns_group = world_size > 1 and not dist.is_initialized()
+    if owns_group:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank, world_size, local_rank, device)
+    return Dist(rank, world_size, local_rank, device, owns_group)
 
 
 def barrier(d: Dist) -> None:
@@ -69,6 +73,15 @@ def all_agree(flag: bool, d: Dist) -> bool:
     return bool(t.item())
 
 
+def any_rank(flag: torch.Tensor) -> bool:
+    """True on every rank iff the 0-d tensor ``flag`` (on the backend's device) is true on
+    some rank of the current process group; the flag itself outside one."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        flag = flag.to(torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag)
+
+
 def teardown(d: Dist) -> None:
-    if d.enabled and dist.is_initialized():
+    if d.owns_group and dist.is_initialized():
         dist.destroy_process_group()

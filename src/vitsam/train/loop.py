@@ -4,8 +4,12 @@
 
 Exact resume: the loader's shuffle and augmentation depend only on (seed, epoch, step),
 the checkpoint holds weights, optimizer (incl. the base optimizer's moments under SAM),
-scheduler and the global RNG (dropout / drop-path), so a run stopped at step s and
-resumed ends with the same weights as one that never stopped.
+scheduler, fp16 loss scale and the global RNG (dropout / drop-path), so a run stopped at
+step s and resumed ends with the same weights as one that never stopped.
+
+Under torchrun every rank runs this loop on its shard of each batch (DDP; the SAM ascent
+per rank unless ``sam.perturbation=global``); rank 0 alone logs, evaluates and writes
+checkpoints, every rank resumes from them, also when torchrun restarts failed workers.
 """
 from __future__ import annotations
 
@@ -31,9 +35,8 @@ from vitsam.optim import build_optimizer, build_scheduler
 from vitsam.train import checkpoint as ckpt
 from vitsam.train import distributed
 from vitsam.train.metrics import MetricsLog, Progress, global_norm, parameter_norm
+from vitsam.train.precision import AUTOCAST, loss_scaler
 from vitsam.train.step import train_step
-
-AUTOCAST = {"fp32": None, "bf16": torch.bfloat16}
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -47,6 +50,14 @@ def build_loaders(cfg: Config, d: distributed.Dist):
     test_loader = Loader(test_src, cfg.train.eval_batch_size, train=False,
                          eval_crop_fraction=cfg.data.eval_crop_fraction, **common)
     return train_src, train_loader, test_loader
+
+
+def check_batch_size(cfg: Config, d: distributed.Dist) -> None:
+    """Each rank takes batch_size / world_size images, in accumulation_steps micro-batches."""
+    k = cfg.train.accumulation_steps
+    if k < 1 or cfg.train.batch_size % (d.world_size * k):
+        raise VitsamError(f"train.batch_size={cfg.train.batch_size} must be a multiple of the world size "
+                          f"({d.world_size}) times train.accumulation_steps ({k}, at least 1)")
 
 
 def model_arguments(cfg: Config, source) -> dict:
@@ -124,7 +135,14 @@ def set_rng_state(state: dict) -> None:
 def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> Path:
     """Train `cfg` into run directory `out_dir`; with `resume`, continue from its checkpoint."""
     d = distributed.setup(cfg.train.device)
-    run_dir = Path(out_dir)
+    try:
+        return train_on(d, cfg, Path(out_dir), resume)
+    finally:
+        distributed.teardown(d)
+
+
+def train_on(d: distributed.Dist, cfg: Config, run_dir: Path, resume: bool) -> Path:
+    check_batch_size(cfg, d)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     # torchrun restarts failed workers with the same arguments: continue, never start over.
@@ -139,25 +157,32 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> Path:
     steps_per_epoch = len(train_loader)
     total_steps = max(1, round(cfg.train.epochs * steps_per_epoch))
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
+    scaler = loss_scaler(cfg.train.precision)  # fp16 only
     step = 0
     if resume and (run_dir / ckpt.CHECKPOINT).exists():
-        step = restore(run_dir, model, optimizer, scheduler, d.device)
+        step = restore(run_dir, model, optimizer, scheduler, scaler, d.device)
     if d.is_main:
         ckpt.atomic_write_json(args, run_dir / "model.json")
     log = MetricsLog(run_dir, enabled=d.is_main)
     log.truncate_after(step)
 
-    net = DistributedDataParallel(model) if d.enabled else model
+    net = DistributedDataParallel(model, device_ids=[d.device] if d.device.type == "cuda" else None) \
+        if d.enabled else model
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
     dtype = AUTOCAST[cfg.train.precision]
+    step_options = dict(grad_clip=cfg.optim.grad_clip, autocast_dtype=dtype, scaler=scaler,
+                        accumulation_steps=cfg.train.accumulation_steps)
     eval_every = max(1, round(cfg.train.eval_every_epochs * steps_per_epoch))
     progress = Progress(total_steps, cfg.name or cfg.model.name, enabled=cfg.train.progress and d.is_main)
 
     def save():
         if d.is_main:
-            ckpt.atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                    "scheduler": scheduler.state_dict(), "rng": rng_state(),
-                                    "step": step, "config": cfg.to_dict()}, run_dir / ckpt.CHECKPOINT)
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "rng": rng_state(), "step": step,
+                     "config": cfg.to_dict()}
+            if scaler is not None:
+                state["scaler"] = scaler.state_dict()
+            ckpt.atomic_torch_save(state, run_dir / ckpt.CHECKPOINT)
         distributed.barrier(d)
 
     def run_eval():
@@ -169,7 +194,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> Path:
         return None
 
     net.train()
-    seen, clock = 0, time.perf_counter()
+    seen, skipped, clock = 0, 0, time.perf_counter()
     with stop_on_signals() as signals:
         while step < total_steps:
             epoch, start = divmod(step, steps_per_epoch)
@@ -177,11 +202,11 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> Path:
                 images, labels = images.to(d.device, non_blocking=True), labels.to(d.device, non_blocking=True)
                 log_now = (step + 1) % cfg.train.log_every == 0 or step + 1 == total_steps
                 before = [p.detach().clone() for p in model.parameters()] if log_now else None
-                result = train_step(net, optimizer, loss_fn, images, labels,
-                                    grad_clip=cfg.optim.grad_clip, autocast_dtype=dtype)
-                scheduler.step()
+                result = train_step(net, optimizer, loss_fn, images, labels, **step_options)
+                scheduler.step()  # a skipped (fp16 overflow) step still counts: lr follows the step
                 step += 1
                 seen += labels.numel() * d.world_size
+                skipped += result.skipped
                 if log_now:
                     elapsed = time.perf_counter() - clock
                     update = global_norm(p.detach() - b for p, b in zip(model.parameters(), before))
@@ -189,7 +214,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> Path:
                     log.write("train", step, epoch=step / steps_per_epoch, loss=result.loss,
                               accuracy=accuracy, lr=optimizer.param_groups[0]["lr"],
                               grad_norm=result.grad_norm, param_norm=parameter_norm(model),
-                              update_norm=update, images_per_s=seen / elapsed)
+                              update_norm=update, images_per_s=seen / elapsed,
+                              **({"loss_scale": scaler.scale, "skipped_steps": skipped} if scaler else {}))
                     progress.update(step, loss=result.loss, acc=accuracy, img_s=round(seen / elapsed))
                     seen, clock = 0, time.perf_counter()
                 if step % eval_every == 0 and step < total_steps:
@@ -210,7 +236,6 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> Path:
     final = run_eval()
     if d.is_main:
         finish(run_dir, model, final, step)
-    distributed.teardown(d)
     return run_dir
 
 
@@ -220,7 +245,7 @@ RUNTIME_KEYS = {"train.stop_after_steps", "train.progress", "train.device", "tra
 
 
 def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, d: distributed.Dist) -> None:
-    has_checkpoint = (run_dir / ckpt.CHECKPOINT).exists()
+    has_checkpoint = (run_dir / ckpt.CHECKPOINT).exists()  # every rank checks, then rank 0 writes
     if has_checkpoint and not resume:
         raise VitsamError(f"{str(run_dir)!r} already holds a run; pass --resume to continue it "
                           f"or choose another --out")
@@ -230,6 +255,7 @@ def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, d: distributed.Dis
         if changed:
             raise VitsamError(f"cannot resume {str(run_dir)!r} with a different config (changed: "
                               f"{', '.join(changed)}); resume with the saved config.json")
+    distributed.barrier(d)
     if d.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         config_lib.save(cfg, run_dir / "config.json")
@@ -245,11 +271,13 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def restore(run_dir: Path, model, optimizer, scheduler, device) -> int:
+def restore(run_dir: Path, model, optimizer, scheduler, scaler, device) -> int:
     state = ckpt.load_checkpoint(run_dir / ckpt.CHECKPOINT, map_location=device)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None:
+        scaler.load_state_dict(state["scaler"])
     state["rng"]["torch"] = state["rng"]["torch"].cpu()
     set_rng_state(state["rng"])
     return int(state["step"])

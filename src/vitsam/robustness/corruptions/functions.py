@@ -137,8 +137,9 @@ def snow(x, c, scale, g):
 def frost_texture(batch: int, h: int, w: int, scale: float, g, like) -> torch.Tensor:
     """A procedural stand-in for the reference's six frost photographs (which cannot be
     shipped here): a fractal haze plus ice needles (sparse bright seeds smeared by
-    motion blur at two random angles), tinted pale blue, rescaled to mean 0.45 and
-    standard deviation 0.2 per image. Returns (B, 3, H, W) in [0, 1]."""
+    motion blur at two random angles), tinted pale blue, rescaled to mean 0.6 and
+    standard deviation 0.2 per image (mean and spread chosen so the
+    mean change a severity makes matches imagecorruptions' within ~15 %, tools/FIDELITY.md). Returns (B, 3, H, W) in [0, 1]."""
     size = ops.next_power_of_two(max(h, w))
     haze = ops.plasma_fractal(batch, size, 1.6, g, like)[:, None, :h, :w]
     seeds = (ops.uniform((batch, 1, h, w), 0, 1, g, like) < 0.03).to(like.dtype)
@@ -151,19 +152,31 @@ def frost_texture(batch: int, h: int, w: int, scale: float, g, like) -> torch.Te
     texture = 0.6 * haze + 0.8 * needles
     mean = texture.mean((2, 3), keepdim=True)
     std = texture.std((2, 3), keepdim=True).clamp_min(1e-6)
-    texture = ((texture - mean) / std * 0.2 + 0.45).clamp(0, 1)
+    texture = ((texture - mean) / std * 0.2 + 0.6).clamp(0, 1)
     colour = torch.tensor((0.9, 0.95, 1.0), dtype=like.dtype, device=like.device).view(1, 3, 1, 1)
     return texture * colour
 
 
 def frost(x, c, scale, g):
     """c[0] * image + c[1] * frost, with a synthetic frost texture (see
-    ``frost_texture``): a documented deviation from the reference's photographs."""
+    ``frost_texture``): a documented deviation from the reference's photographs.
+    Like the reference, which picks one of a few frost images and crops it at random,
+    each image takes one of a small bank of textures, flipped and transposed at random."""
     b, _, h, w = x.shape
-    texture = frost_texture(b, h, w, scale, g, x)
+    side = max(h, w)
+    bank = frost_texture(min(b, FROST_BANK), side, side, scale, g, x)
+    texture = bank[ops.integers((b,), 0, len(bank), g, x)]
+    dihedral = ops.integers((b, 3), 0, 2, g, x).bool()
+    texture = torch.where(dihedral[:, 0, None, None, None], texture.transpose(-1, -2), texture)
+    texture = torch.where(dihedral[:, 1, None, None, None], texture.flip(-1), texture)
+    texture = torch.where(dihedral[:, 2, None, None, None], texture.flip(-2), texture)
+    texture = texture[..., :h, :w]
     if x.shape[1] == 1:
         texture = ops.luma(texture)
     return c[0] * x + c[1] * texture
+
+
+FROST_BANK = 8     # textures made per call (the reference ships 6 photographs)
 
 
 def fog(x, c, scale, g):
