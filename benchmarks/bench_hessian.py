@@ -1,13 +1,13 @@
 """Hessian lambda_max: time to a relative tolerance of 1e-3, ours vs the usual tools.
 
-    python benchmarks/bench_hessian.py [--model vit_tiny] [--examples 128] [--vit-b16]
+    python benchmarks/bench_hessian.py [--model vit_tiny] [--examples 128] [--threads N] [--vit-b16]
 
 Compared over the same fixed batches, model in eval mode:
 - ours: Lanczos with full reorthogonalization (vectors on the CPU), stopped when the
   top Ritz value's residual is <= 1e-3 relative, with each Hessian-vector product method;
 - baseline: power iteration with double-backward products, stopped when the Rayleigh
   quotient changes by < 1e-3 relative (PyHessian's approach and criterion).
-A tight Lanczos run (1e-8) is the reference answer. Prints times, product counts and
+A tight Lanczos run (1e-6) is the reference answer. Prints times, product counts and
 errors side by side, plus the ratio. ``--vit-b16`` also runs three Lanczos steps on a
 ViT-B/16-sized model and prints the peak memory next to the size of one parameter
 vector, to show that only O(1) vectors live on the model's device.
@@ -58,7 +58,7 @@ def compare(model_name: str, examples: int, batch_size: int, tol: float) -> None
           f"{torch.get_num_threads()} threads, tol {tol:g}")
 
     ref_op = HessianOperator(model, cross_entropy, batches, method="jvp")
-    reference = lanczos(ref_op, ref_op.dim, 1, 1e-8, 300).eigenvalues[0]
+    reference = lanczos(ref_op, ref_op.dim, 1, 1e-6, 300).eigenvalues[0]
 
     rows = []
     for method in ("jvp", "double_backward"):
@@ -69,7 +69,7 @@ def compare(model_name: str, examples: int, batch_size: int, tol: float) -> None
     (values, _), seconds = timed(lambda: power_iteration(op, op.dim, 1, tol, 1000))
     rows.append(("power iteration, double-backward HVPs (baseline)", values[0], op.calls, seconds))
 
-    print(f"  reference lambda_max (Lanczos, tol 1e-8): {reference:.6g}")
+    print(f"  reference lambda_max (Lanczos, tol 1e-6): {reference:.6g}")
     print(f"  {'method':<50} {'lambda_max':>12} {'rel. error':>11} {'HVPs':>5} {'seconds':>8}")
     for name, value, calls, seconds in rows:
         print(f"  {name:<50} {value:>12.6g} {abs(value - reference) / abs(reference):>11.2e} "
@@ -104,8 +104,11 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--tol", type=float, default=1e-3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--vit-b16", action="store_true")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     compare(args.model, args.examples, args.batch_size, args.tol)
     if args.vit_b16:
         vit_b16_memory()

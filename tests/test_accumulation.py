@@ -3,7 +3,6 @@ give the update of one batch of k * b, so the ascent uses the whole batch's grad
 from __future__ import annotations
 
 import contextlib
-import copy
 from pathlib import Path
 
 import pytest

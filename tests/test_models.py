@@ -142,8 +142,8 @@ def test_resnet_tiny_is_cifar_style():
 
 
 def test_overrides_reach_the_constructor():
-    model = create_model("vit_tiny", patch_size=7, num_classes=3, in_chans=3, img_size=28, depth=2)
-    assert model.pos_embed.shape == (1, 16 + 1, 64)
+    model = create_model("vit_tiny", patch_size=4, num_classes=3, in_chans=3, img_size=28, depth=2)
+    assert model.pos_embed.shape == (1, 7 * 7 + 1, 64)
     assert len(model.blocks) == 2
     assert model(torch.rand(1, 3, 28, 28)).shape == (1, 3)
     assert create_model("vit_s16", img_size=32).img_size == 32
@@ -217,7 +217,7 @@ def test_capture_vit_records_true_attention_blocks_and_hidden():
     with capture(model, attention=True, blocks=True, hidden=True) as rec:
         model(x)
         model(x)  # the recording holds the latest call only
-    depth, tokens = len(model.blocks), 50
+    depth, tokens = len(model.blocks), 4 * 4 + 1  # 7x7 patches of 28x28 + class token
     assert len(rec.attention) == len(rec.blocks) == depth
     for attn in rec.attention:
         assert attn.shape == (3, 4, tokens, tokens)
@@ -260,7 +260,7 @@ def test_capture_mixer_and_resnet():
         mixer(images(mixer))
     assert rec.attention == [] and len(rec.blocks) == 4
     assert rec.hidden["blocks.0.token_mixing"].shape == (2, 64, 64)  # (B, D, tokens_mlp_dim)
-    assert rec.hidden["blocks.3.channel_mixing"].shape == (2, 49, 128)  # (B, N, channels_mlp_dim)
+    assert rec.hidden["blocks.3.channel_mixing"].shape == (2, 16, 128)  # (B, N, channels_mlp_dim)
     resnet = create_model("resnet_tiny")
     with capture(resnet, blocks=True) as rec:
         resnet(images(resnet))

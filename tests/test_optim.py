@@ -125,7 +125,7 @@ def test_factory_picks_the_sam_variant_and_its_hyperparameters():
         build_optimizer(model, optim_cfg, SAMConfig(rho=0.1, variant="esam"))
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()`")
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")
 def test_gsam_rho_follows_the_lr_schedule():
     """rho_t = rho_min + (rho - rho_min)(lr_t - lr_min) / (lr_max - lr_min), lr_t from the
     LambdaLR, clamped to [rho_min, rho] (warmup below lr_min)."""

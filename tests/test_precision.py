@@ -119,15 +119,15 @@ def test_fp16_training_loop_checkpoints_and_resumes_the_loss_scale(tmp_path):
     def run(stop):
         cfg = config_lib.resolve("smoke", None, ["train.precision=fp16", "sam.rho=0.1",
                                                  f"train.stop_after_steps={stop}", "train.log_every=1"])
-        return train(cfg, tmp_path / "run", resume=stop > 2)
+        return train(cfg, tmp_path / "run", resume=stop > 1)
 
-    run(2)
-    run(5)
+    run(1)
+    run(3)
     scaler = load_checkpoint(tmp_path / "run" / CHECKPOINT)["scaler"]
-    # 5 clean steps in a row: a fresh scaler after the resume would count 3
-    assert scaler == {**LossScaler().state_dict(), "_growth_tracker": 5}
+    # 3 clean steps in a row: a fresh scaler after the resume would count 2
+    assert scaler == {**LossScaler().state_dict(), "_growth_tracker": 3}
     records = read_metrics(tmp_path / "run", "train")
-    assert [r["skipped_steps"] for r in records] == [0] * 5 and records[-1]["loss_scale"] == 2.0 ** 16
+    assert [r["skipped_steps"] for r in records] == [0] * 3 and records[-1]["loss_scale"] == 2.0 ** 16
 
 
 def fmnist_slice(split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,6 +135,7 @@ def fmnist_slice(split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return source.images[:n].float() / 255, source.labels[:n]  # (n, 1, 28, 28) in [0, 1], (n,)
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_bf16_trains_the_small_vit_like_fp32():
     """Same init, same batches: bf16 autocast ends within a few points of fp32 accuracy
@@ -155,5 +156,5 @@ def test_bf16_trains_the_small_vit_like_fp32():
         results[dtype] = (F.cross_entropy(logits, test_labels).item(),
                           (logits.argmax(-1) == test_labels).float().mean().item())
     (loss32, acc32), (loss16, acc16) = results[None], results[torch.bfloat16]
-    assert acc32 > 0.6 and loss32 < 1.2, "the fp32 reference did not learn"
+    assert acc32 > 0.55 and loss32 < 1.25, "the fp32 reference did not learn"
     assert abs(acc16 - acc32) < 0.04 and abs(loss16 - loss32) < 0.06 * loss32

@@ -8,9 +8,9 @@ computed per batch and summed, so only one batch's graph lives at a time:
 - ``"jvp"``: forward-over-reverse, ``jvp`` of ``grad`` with ``torch.func``;
 - ``"double_backward"``: reverse-over-reverse, the approach of the usual Hessian tools;
 - ``"auto"`` (default): whichever of the two is faster for this model, timed on a few
-  examples at the first product. Neither wins everywhere: on a 2-core CPU double backward
-  was ~1.8x faster for the tiny ViT and Mixer, forward-over-reverse ~1.9x faster for the
-  tiny ResNet (BatchNorm); see benchmarks/bench_hessian.py.
+  examples at the first product. Neither wins everywhere: on a 2-core CPU (one thread)
+  double backward was ~1.5x faster for the tiny ViT and even with forward-over-reverse
+  for the tiny ResNet; see benchmarks/bench_hessian.py.
 
 Both run through the explicit attention path (``measurement_mode``). Eigenvalues come
 from Lanczos with full reorthogonalization (Lanczos vectors kept on the CPU unless asked
@@ -367,15 +367,15 @@ class HessianAnalysis:
     ||a_k||_2 of ``activation_norms``. Defaults are sized for the tiny demo models on a
     2-core CPU; ``tol`` bounds the relative Lanczos residual (see ``lanczos``)."""
     name: ClassVar[str] = "hessian"
-    examples: int = 64
+    examples: int = 128
     top_k: int = 1
     tol: float = 1e-2
     max_steps: int = 40
-    density_steps: int = 8
+    density_steps: int = 12
     density_vectors: int = 1
-    trace_samples: int = 2
+    trace_samples: int = 4
     blocks: bool = True
-    block_max_steps: int = 8
+    block_max_steps: int = 10
     hvp: str = "auto"
     seed: int = 0
 

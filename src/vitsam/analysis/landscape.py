@@ -149,8 +149,8 @@ class LossLandscape:
     [-span, span], with contour and surface figures."""
     name: ClassVar[str] = "landscape"
     span: float = 1.0
-    points: int = 13
-    grid: int = 7
+    points: int = 17
+    grid: int = 9
     examples: int = 128
     ignore_biases_and_norms: bool = True
     seed: int = 0

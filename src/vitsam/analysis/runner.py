@@ -47,17 +47,25 @@ def configure(name: str, overrides: dict | None = None):
 
 
 def _convert(value, hint, where: str):
+    """Command-line strings (and JSON values) to the option's type; tuples from "a,b,c"."""
     try:
         if hint is tuple:
             if isinstance(value, str):
-                value = [v for v in value.split(",") if v]
-            return tuple(json.loads(v) if isinstance(v, str) else v for v in value)
+                value = [_scalar(v.strip()) for v in value.split(",") if v.strip()]
+            return tuple(value)
         if hint is bool and isinstance(value, str):
             return {"true": True, "1": True, "false": False, "0": False}[value.lower()]
         return hint(value)
     except (ValueError, TypeError, KeyError, json.JSONDecodeError):
         raise VitsamError(f"analysis option {where}: cannot use {value!r} as "
                           f"{getattr(hint, '__name__', hint)}") from None
+
+
+def _scalar(text: str):
+    try:
+        return json.loads(text)  # numbers, true/false
+    except json.JSONDecodeError:
+        return text  # a bare word: a name
 
 
 def training_batches(cfg, examples: int, batch_size: int, device: torch.device) -> list[Batch]:

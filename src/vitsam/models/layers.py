@@ -43,7 +43,7 @@ class Mlp(nn.Module):
     """Linear -> GELU -> probe -> dropout -> Linear -> dropout, on the last axis.
 
     The ActivationProbe sees the post-GELU hidden units: the paper's activation
-    sparsity analysis counts the positive ones per block (Sec. 4.3)."""
+    sparsity analysis counts the positive ones per block (PAPER.md, "Analysis methods")."""
 
     def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0):
         super().__init__()

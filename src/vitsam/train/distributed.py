@@ -55,13 +55,32 @@ def setup(device_name: str = "auto") -> Dist:
         torch.cuda.set_device(device)
     owns_group = world_size > 1 and not dist.is_initialized()
     if owns_group:
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        init_process_group("nccl" if device.type == "cuda" else "gloo", rank, world_size)
     return Dist(rank, world_size, local_rank, device, owns_group)
 
 
+def init_process_group(backend: str, rank: int, world_size: int) -> None:
+    """``init_process_group`` from torchrun's environment, each restart in its own namespace.
+
+    torchrun's agent keeps one TCPStore across ``--max-restarts`` restarts and the process
+    group's keys carry no attempt number, so restarted workers would read the dead
+    workers' addresses and fail to connect (pytorch/pytorch#135712). The restart count
+    scopes them; it is the same on every worker of a single-node run. (Multi-node, torch
+    counts restarts per node: set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 for torchrun, which
+    gives each attempt a store of its own; no prefix is needed then.)
+    """
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if not (restart and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"):
+        dist.init_process_group(backend=backend)
+        return
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False)
+    dist.init_process_group(backend=backend, store=dist.PrefixStore(f"vitsam/restart{restart}", store),
+                            rank=rank, world_size=world_size)
+
+
 def barrier(d: Dist) -> None:
-    if d.enabled:
-        dist.barrier()
+    if d.enabled:  # NCCL wants the rank's GPU named, or it guesses
+        dist.barrier(device_ids=[d.device.index] if d.device.type == "cuda" else None)
 
 
 def all_agree(flag: bool, d: Dist) -> bool:

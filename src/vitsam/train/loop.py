@@ -211,11 +211,11 @@ def train_on(d: distributed.Dist, cfg: Config, run_dir: Path, resume: bool) -> P
                     elapsed = time.perf_counter() - clock
                     update = global_norm(p.detach() - b for p, b in zip(model.parameters(), before))
                     accuracy = (result.logits.argmax(-1) == labels).float().mean().item()
+                    fp16 = {"loss_scale": scaler.scale, "skipped_steps": skipped} if scaler else {}
                     log.write("train", step, epoch=step / steps_per_epoch, loss=result.loss,
                               accuracy=accuracy, lr=optimizer.param_groups[0]["lr"],
                               grad_norm=result.grad_norm, param_norm=parameter_norm(model),
-                              update_norm=update, images_per_s=seen / elapsed,
-                              **({"loss_scale": scaler.scale, "skipped_steps": skipped} if scaler else {}))
+                              update_norm=update, images_per_s=seen / elapsed, **fp16)
                     progress.update(step, loss=result.loss, acc=accuracy, img_s=round(seen / elapsed))
                     seen, clock = 0, time.perf_counter()
                 if step % eval_every == 0 and step < total_steps:
