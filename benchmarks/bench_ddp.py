@@ -1,12 +1,13 @@
 """Training throughput with 1 process vs N DDP processes (torchrun), same global batch.
 
-The machine's cores are split evenly: on a 2-core CPU, 1 process x 2 threads against
-2 processes x 1 thread (gloo); on GPUs, one process per GPU (NCCL). Each row times the
-base optimizer, SAM with the per-rank perturbation (the ascent pass skips the
-all-reduce) and SAM with the global one (both passes all-reduce), so the table shows
-what DDP costs and what m-sharpness saves.
+Each layout is PROCESSES x THREADS per process. The default splits the machine's cores
+evenly: on a 2-core CPU, 1 x 2 against 2 x 1 (gloo), plus 1 x 1 for reference (on a
+shared, oversubscribed machine, threads that wait on each other lose most). On GPUs use
+one process per GPU (NCCL). Each row times the base optimizer, SAM with the per-rank
+perturbation (the ascent pass skips the all-reduce) and SAM with the global one (both
+passes all-reduce), so the table shows what DDP costs and what m-sharpness saves.
 
-    python benchmarks/bench_ddp.py [--procs 1 2] [--model vit_tiny] [--batch-size 128]
+    python benchmarks/bench_ddp.py [--layouts 1x2 2x1 1x1] [--model vit_tiny] [--batch-size 128]
 """
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ def worker(args) -> None:
     distributed.teardown(d)
 
 
-def launch(procs: int, threads: int, args, forwarded: list[str]) -> dict:
+def launch(procs: int, threads: int, forwarded: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "rates.json"
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
@@ -83,7 +84,7 @@ def launch(procs: int, threads: int, args, forwarded: list[str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--procs", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--layouts", nargs="+", help="PROCESSESxTHREADS, e.g. 1x2 2x1")
     parser.add_argument("--model", default="vit_tiny")
     parser.add_argument("--img-size", type=int, default=28)
     parser.add_argument("--in-chans", type=int, default=1)
@@ -101,14 +102,17 @@ def main() -> None:
         return worker(args)
     forwarded = sys.argv[1:]  # the workers parse the same flags
     cores = os.cpu_count() or 1
-    table = {procs: launch(procs, max(1, cores // procs), args, forwarded) for procs in args.procs}
+    layouts = args.layouts or [f"1x{cores}", f"2x{max(1, cores // 2)}", "1x1"]
+    table = {}
+    for layout in dict.fromkeys(layouts):
+        procs, threads = map(int, layout.split("x"))
+        table[layout] = launch(procs, threads, forwarded)
     print(f"\n{args.model}, global batch {args.batch_size}, {args.precision} on {args.device}, "
-          f"{cores} cores, load average {os.getloadavg()[0]:.1f}; images/s (x the 1-process rate)")
-    print(f"{'processes':<11}{'threads':>8}" + "".join(f"{name:>22}" for name in VARIANTS))
-    first = table[args.procs[0]]
-    for procs, rates in table.items():
-        cells = "".join(f"{rates[n]:>14.0f} (x{rates[n] / first[n]:.2f})" for n in VARIANTS)
-        print(f"{procs:<11}{max(1, cores // procs):>8}{cells}")
+          f"{cores} cores, load average {os.getloadavg()[0]:.1f}; images/s (x the first layout's)")
+    print(f"{'procs x threads':<16}" + "".join(f"{name:>22}" for name in VARIANTS))
+    first = table[layouts[0]]
+    for layout, rates in table.items():
+        print(f"{layout:<16}" + "".join(f"{rates[n]:>14.0f} (x{rates[n] / first[n]:.2f})" for n in VARIANTS))
 
 
 if __name__ == "__main__":

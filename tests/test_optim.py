@@ -109,14 +109,14 @@ def test_unknown_optimizer_names_the_choices():
 def test_factory_picks_the_sam_variant_and_its_hyperparameters():
     model = TinyViTLike()
     optim_cfg = OptimConfig(name="sgd", lr=0.4, min_lr_ratio=0.25)
-    gsam = build_optimizer(model, optim_cfg, SAMConfig(rho=0.2, variant="gsam", rho_min=0.05, alpha=0.3,
+    gsam = build_optimizer(model, optim_cfg, SAMConfig(rho=0.2, variant="gsam", rho_min=0.05, gsam_alpha=0.3,
                                                        adaptive=True, eta=0.01))
     assert type(gsam) is GSAM and gsam.per_rank
     group = gsam.param_groups[0]
     assert (group["rho"], group["rho_min"], group["alpha"], group["adaptive"], group["eta"]) == \
         (0.2, 0.05, 0.3, True, 0.01)
     assert (group["lr_min"], group["lr_max"]) == pytest.approx((0.1, 0.4))
-    looksam = build_optimizer(model, optim_cfg, SAMConfig(rho=0.1, variant="looksam", k=3, alpha=0.6,
+    looksam = build_optimizer(model, optim_cfg, SAMConfig(rho=0.1, variant="looksam", k=3, looksam_alpha=0.6,
                                                           perturbation="global"))
     assert type(looksam) is LookSAM and looksam.k == 3 and looksam.param_groups[0]["alpha"] == 0.6
     sam = build_optimizer(model, optim_cfg, SAMConfig(rho=0.1, perturbation="global"))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -16,7 +17,8 @@ def cmd_train(args) -> None:
     cfg = config_lib.resolve(args.preset, args.config, args.set or [])
     if args.data_dir:
         cfg.data.data_dir = args.data_dir
-    print(json.dumps(cfg.to_dict(), indent=2), file=sys.stderr)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, once
+        print(json.dumps(cfg.to_dict(), indent=2), file=sys.stderr)
     run_dir = train(cfg, args.out, resume=args.resume)
     summary = run_dir / "eval.json"
     if summary.exists():

@@ -60,11 +60,12 @@ class SAMConfig:
     rho: float = 0.0                 # 0 disables SAM (the base optimizer alone)
     variant: str = "sam"             # sam | gsam | looksam
     adaptive: bool = False           # ASAM: T = |w| + eta
-    eta: float = 0.0
+    eta: float = 0.01                # ASAM's eta (Kwon et al. 2021); > 0 so zero-initialized weights move too
     eps: float = 1e-12
     perturbation: str = "per_rank"   # per_rank (m-sharpness, the paper) | global (all-reduced g) under DDP
-    alpha: float = 0.2               # GSAM: weight of the orthogonal (surrogate-gap) term; LookSAM: gradient mix
+    gsam_alpha: float = 0.2          # GSAM: weight of the orthogonal (surrogate-gap) term
     rho_min: float = 0.0             # GSAM: rho follows the lr schedule from rho_min to rho
+    looksam_alpha: float = 0.7       # LookSAM: weight of the reused orthogonal component (Liu et al. 2022)
     k: int = 5                       # LookSAM: a full SAM step every k steps
 
 
@@ -241,6 +242,8 @@ def validate(cfg: Config) -> None:
         raise VitsamError(f"sam.rho must be >= 0, got {cfg.sam.rho}")
     if not 0 < cfg.data.train_fraction <= 1:
         raise VitsamError(f"data.train_fraction must be in (0, 1], got {cfg.data.train_fraction}")
+    if cfg.train.accumulation_steps < 1:
+        raise VitsamError(f"train.accumulation_steps must be >= 1, got {cfg.train.accumulation_steps}")
     if cfg.train.batch_size <= 0 or cfg.train.epochs <= 0:
         raise VitsamError("train.batch_size and train.epochs must be positive")
     from vitsam.models import list_models  # late import: models import torch

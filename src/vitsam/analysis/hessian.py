@@ -375,7 +375,7 @@ class HessianAnalysis:
     density_vectors: int = 1
     trace_samples: int = 4
     blocks: bool = True
-    block_max_steps: int = 10
+    block_max_steps: int = 8
     hvp: str = "auto"
     seed: int = 0
 

@@ -124,6 +124,9 @@ class NTKConditioning:
             if kernel not in KERNELS:
                 raise unknown_choice("NTK kernel", kernel, KERNELS)
         images = torch.cat([x for x, _ in batches])[: self.blocks * self.block_size]
+        if len(images) < max(2, self.block_size):
+            raise VitsamError(f"ntk: block_size={self.block_size} needs at least that many images "
+                              f"(and 2), got {len(images)}")
         per_block: dict[str, list] = {kernel: [] for kernel in self.kernels}
         for start in range(0, len(images) - self.block_size + 1, self.block_size):
             J = jacobian(model, images[start:start + self.block_size], self.chunk)  # one per block

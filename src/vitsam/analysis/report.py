@@ -15,6 +15,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from vitsam import config as config_lib
+from vitsam.analysis.attention import plot_attention
+from vitsam.analysis.hessian import density_curve
 from vitsam.analysis.runner import analyze_run, interpolation_between
 from vitsam.report import html
 from vitsam.train.checkpoint import atomic_write_json
@@ -42,8 +45,6 @@ class Family:
 
 
 def load_analyzed(label: str, run_dir: Path, device: str, log) -> AnalyzedRun:
-    from vitsam import config as config_lib
-
     cfg = config_lib.load(run_dir / "config.json")
     results = analyze_run(run_dir, device=device, log=log)
     summary_path = run_dir / "eval.json"
@@ -69,8 +70,9 @@ def _number(value) -> str:
 
 
 def _arrow(family: Family, value_of: Callable[[AnalyzedRun], object]) -> str:
-    """"vanilla -> SAM" as in the paper's Table 1."""
-    return " \u2192 ".join(_number(value_of(run)) for run in family.ordered())
+    """"vanilla -> SAM" as in the paper's Table 1 (one value when both are the same)."""
+    values = [_number(value_of(run)) for run in family.ordered()]
+    return values[0] if len(set(values)) == 1 else " \u2192 ".join(values)
 
 
 def _ntk_kappa(run: AnalyzedRun, kernel: str):
@@ -89,7 +91,6 @@ def table1(families: list[Family]) -> str:
         ("NTK \u03ba (sum of logits)", lambda r: _ntk_kappa(r, "sum")),
         ("NTK \u03ba (all logits)", lambda r: _ntk_kappa(r, "full")),
         ("Hessian \u03bb_max", lambda r: r.results.get("hessian", {}).get("lambda_max")),
-        ("Hessian trace", lambda r: r.results.get("hessian", {}).get("trace")),
         ("Test top-1 (%)", accuracy),
     ]
     headers = ["", *(f.model_name + (" (vanilla \u2192 SAM)" if len(f.runs) == 2 else "") for f in families)]
@@ -200,17 +201,20 @@ def perturbed_figure(families: list[Family]):
 
 
 def density_figure(families: list[Family]):
-    from vitsam.analysis.hessian import density_curve
-
+    """SLQ densities of a family on one grid with one broadening width, so that the
+    vanilla and SAM curves are comparable."""
     def draw(ax, family):
-        for run in family.ordered():
-            density = run.results.get("hessian", {}).get("density")
-            if not density:
-                continue
-            nodes, weights = np.asarray(density["nodes"]), np.asarray(density["weights"])
-            span = max(float(nodes.max() - nodes.min()), 1e-12)
-            grid = np.linspace(nodes.min() - 0.05 * span, nodes.max() + 0.05 * span, 600)
-            ax.semilogy(grid, density_curve(nodes, weights, grid, 0.01 * span) + 1e-12, label=run.label)
+        densities = {run.label: run.results.get("hessian", {}).get("density") for run in family.ordered()}
+        densities = {label: (np.asarray(d["nodes"]), np.asarray(d["weights"]))
+                     for label, d in densities.items() if d}
+        if not densities:
+            return
+        lo = min(float(nodes.min()) for nodes, _ in densities.values())
+        hi = max(float(nodes.max()) for nodes, _ in densities.values())
+        span = max(hi - lo, 1e-12)
+        grid = np.linspace(lo - 0.05 * span, hi + 0.05 * span, 800)
+        for label, (nodes, weights) in densities.items():
+            ax.semilogy(grid, density_curve(nodes, weights, grid, 0.01 * span) + 1e-12, label=label)
         ax.set_xlabel("eigenvalue")
         ax.legend(fontsize=7)
     return _panels(families, draw, "Hessian spectral density (stochastic Lanczos quadrature)")
@@ -230,8 +234,6 @@ def sparsity_figure(families: list[Family]):
 
 
 def attention_figure(families: list[Family]):
-    from vitsam.analysis.attention import plot_attention
-
     for family in families:
         entries = {r.label: r.results.get("attention", {}) for r in family.ordered()}
         entries = {label: e for label, e in entries.items() if "mean" in e}

@@ -139,8 +139,9 @@ def analyze_run(run_dir: str | Path, only: Sequence[str] | None = None, force: b
 
 def interpolation_between(run_a: str | Path, run_b: str | Path, points: int = 11,
                           examples: int = 256, batch_size: int = 128, device: str = "auto") -> dict:
-    """Training loss and error along (1 - t) w_a + t w_b for two runs of the same
-    architecture (e.g. vanilla and SAM), on run a's training batches; t in [-0.25, 1.25]."""
+    """Training loss and error along (1 - t) w_a + t w_b, t in [0, 1], for two runs of the
+    same architecture (e.g. vanilla and SAM), on run a's training batches. No
+    extrapolation: BatchNorm running variances would turn negative outside [0, 1]."""
     from vitsam.analysis.landscape import interpolate
     from vitsam.train.checkpoint import load_run
     from vitsam.train.distributed import pick_device
@@ -152,7 +153,7 @@ def interpolation_between(run_a: str | Path, run_b: str | Path, points: int = 11
     device = pick_device(device)
     model = a.model.to(device)
     batches = training_batches(a.config, examples, batch_size, device)
-    ts = torch.linspace(-0.25, 1.25, points).tolist()
+    ts = torch.linspace(0.0, 1.0, points).tolist()
     losses, errors = interpolate(model, model.state_dict(), b.model.to(device).state_dict(), batches, ts)
     return {"t": ts, "loss": losses, "error": errors}
 
@@ -184,7 +185,8 @@ def summary_line(record: dict) -> str:
         return (f"lambda_max {record['lambda_max']:.4g}, trace {record['trace']:.4g}; per block: "
                 + ", ".join(f"{k} {v:.4g}" for k, v in blocks.items()))
     if name == "ntk":
-        return ", ".join(f"kappa[{k}] {record[k]['kappa']}" for k in ("sum", "full") if k in record)
+        kappas = {k: record[k]["kappa"] for k in ("sum", "full") if k in record}
+        return ", ".join(f"kappa[{k}] " + ("inf" if v is None else f"{v:.4g}") for k, v in kappas.items())
     if name == "sparsity":
         return ", ".join(f"{k} {[round(100 * v, 1) for v in vs]}%" for k, vs in record["per_block"].items())
     return f"written to analysis/{name}.json"

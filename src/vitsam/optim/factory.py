@@ -54,8 +54,8 @@ def build_optimizer(model: nn.Module, optim_cfg: OptimConfig,
         return SAM(base.param_groups, base, **common)
     if sam_cfg.variant == "gsam":
         # rho_t follows the schedule from rho at the peak lr down to rho_min at its floor
-        return GSAM(base.param_groups, base, rho_min=sam_cfg.rho_min, alpha=sam_cfg.alpha,
+        return GSAM(base.param_groups, base, rho_min=sam_cfg.rho_min, alpha=sam_cfg.gsam_alpha,
                     lr_min=optim_cfg.lr * optim_cfg.min_lr_ratio, lr_max=optim_cfg.lr, **common)
     if sam_cfg.variant == "looksam":
-        return LookSAM(base.param_groups, base, k=sam_cfg.k, alpha=sam_cfg.alpha, **common)
+        return LookSAM(base.param_groups, base, k=sam_cfg.k, alpha=sam_cfg.looksam_alpha, **common)
     raise unknown_choice("sam.variant", sam_cfg.variant, SAM_VARIANTS)
