@@ -116,8 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_demo)
 
+    from vitsam.analysis.runner import add_cli as add_analysis_cli
     from vitsam.robustness.runner import add_cli as add_robust_cli
 
+    add_analysis_cli(sub)
     add_robust_cli(sub)
     return parser
 

@@ -160,6 +160,14 @@ def robustness_stage(runs: list[DemoRun]) -> html.Section:
     return robustness_section(labelled(runs))
 
 
+def geometry_stage(runs: list[DemoRun]) -> html.Section:
+    """Hessian, NTK, landscapes, sparsity and attention (the paper's Table 1 and figures)."""
+    from vitsam.analysis.report import geometry_section
+
+    return geometry_section(labelled(runs), device=str(run_device(runs[0])),
+                            log=lambda text: print(f"[demo] {text}"))
+
+
 def run_device(run: DemoRun) -> torch.device:
     from vitsam.train.distributed import pick_device
 
@@ -168,7 +176,7 @@ def run_device(run: DemoRun) -> torch.device:
 
 def stages() -> list[Stage]:
     """The report's sections in order; each computes what it needs (resumably), then draws."""
-    return [training_section, robustness_stage]
+    return [training_section, geometry_stage, robustness_stage]
 
 
 def run_demo(preset: str = "quick", out: str | Path = "runs/demo", data_dir: str | None = None,

@@ -54,19 +54,20 @@ for _model in PAPER_RHO:
 
 # --------------------------------------------------------------------------- Fashion-MNIST
 
-FMNIST_RHO = {"vit": 0.1, "mixer": 0.1, "resnet": 0.05}
 
 
-# Epochs for >= 85% test accuracy on a 2-core CPU in about a minute (base) per family.
-FMNIST_EPOCHS = {"vit": 3.0, "mixer": 3.0, "resnet": 1.5}
+# Epochs for >= 85% test accuracy with and without SAM in 1-2 minutes (base) on 2 CPU cores.
+FMNIST_EPOCHS = {"vit": 4.0, "mixer": 3.0, "resnet": 1.5}
+FMNIST_RHO = {"vit": 0.05, "mixer": 0.05, "resnet": 0.05}
 
 
 def fmnist(family: str, sam: bool = False) -> Config:
     """A small model of `family` on 28x28 Fashion-MNIST, sized for a 2-core CPU.
-    The crop keeps at least 80% of the image: the paper's Inception crop (8%) is made for
-    300 epochs of 224 px ImageNet, not a few epochs of 28 px clothing."""
+    Augmentation is the horizontal flip alone: the paper's Inception crop is made for 300
+    epochs of 224 px ImageNet; in a few epochs of 28 px clothing any crop costs accuracy
+    (measured: vit_tiny + SAM, 3 epochs, crop scale 0.8-1: 83.1%)."""
     epochs = FMNIST_EPOCHS[family]
-    data = DataConfig(dataset="fashion_mnist", img_size=28, crop_scale=(0.8, 1.0), eval_crop_fraction=1.0)
+    data = DataConfig(dataset="fashion_mnist", img_size=28, crop_scale=(1.0, 1.0), eval_crop_fraction=1.0)
     if family == "resnet":
         optim = OptimConfig(name="sgd", lr=0.1, weight_decay=5e-4, momentum=0.9, nesterov=True,
                             warmup_fraction=0.05, schedule="cosine", grad_clip=0.0)
