@@ -321,9 +321,15 @@ def plot_density(nodes: np.ndarray, weights: np.ndarray, title: str = ""):
 
 # --------------------------------------------------------------------------- analyzers
 
+def first_middle_last(num_blocks: int) -> tuple[int, int, int]:
+    """First, middle and last block, 1-based: the paper's Block1 / Block6 / Block12 of 12
+    (the middle rounds up, so 3 blocks give 1 / 2 / 3)."""
+    return 1, (num_blocks + 1) // 2, num_blocks
+
+
 def representative_blocks(num_blocks: int) -> list[int]:
-    """First, middle and last block, 1-based; the paper's Block1 / Block6 / Block12 of 12."""
-    return sorted({1, max(1, num_blocks // 2), num_blocks})
+    """The distinct blocks of ``first_middle_last``."""
+    return sorted(set(first_middle_last(num_blocks)))
 
 
 def block_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:

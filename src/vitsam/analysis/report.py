@@ -17,7 +17,7 @@ import numpy as np
 
 from vitsam import config as config_lib
 from vitsam.analysis.attention import plot_attention
-from vitsam.analysis.hessian import density_curve
+from vitsam.analysis.hessian import density_curve, first_middle_last
 from vitsam.analysis.runner import analyze_run, interpolation_between
 from vitsam.report import html
 from vitsam.train.checkpoint import atomic_write_json
@@ -112,7 +112,7 @@ def block_table(runs: Sequence[AnalyzedRun]) -> str:
         if not table:
             continue
         lambdas, norms = table["lambda_max"], table["activation_norm"]
-        first, mid, last = _first_mid_last(table["num_blocks"])
+        first, mid, last = first_middle_last(table["num_blocks"])
         row = [run.label]
         for keys, _ in BLOCK_COLUMNS:
             keys = (keys,) if isinstance(keys, str) else keys
@@ -123,11 +123,6 @@ def block_table(runs: Sequence[AnalyzedRun]) -> str:
         rows.append(row)
     return html.table(headers, rows, caption="\u03bb_max of the diagonal Hessian blocks and norms "
                                              "(the paper's per-block table)")
-
-
-def _first_mid_last(num_blocks: int) -> tuple[int, int, int]:
-    """As in ``hessian.representative_blocks``: the paper's Block1 / Block6 / Block12 of 12."""
-    return 1, max(1, num_blocks // 2), num_blocks
 
 
 # --------------------------------------------------------------------------- figures
