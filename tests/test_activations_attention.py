@@ -13,12 +13,7 @@ from vitsam.models import create_model
 from vitsam.models.base import ActivationProbe
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 class ProbeOnly(nn.Module):

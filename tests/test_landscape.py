@@ -9,12 +9,7 @@ from vitsam.analysis.landscape import (GaussianPerturbation, LossLandscape,
                                        filter_normalized_direction, interpolate, loss_curve)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def conv_model(seed=0):

@@ -10,12 +10,7 @@ from vitsam.analysis.ntk import (NTKConditioning, block_condition_numbers, condi
                                  empirical_ntk, kappa)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_model():
