@@ -2,7 +2,6 @@
 give the update of one batch of k * b, so the ascent uses the whole batch's gradient."""
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from vitsam.errors import VitsamError
 from vitsam.optim import GSAM, SAM, LookSAM
 from vitsam.train.checkpoint import CHECKPOINT, load_checkpoint
 from vitsam.train.loop import train
+from fakes import SyncRecordingNet
 from vitsam.train.step import train_step
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -53,27 +53,6 @@ def test_k_micro_batches_give_the_update_of_the_whole_batch(name, micro_batches)
         assert b.grad_norm == pytest.approx(a.grad_norm, rel=1e-10)
     for p, q in zip(whole.parameters(), split.parameters()):
         torch.testing.assert_close(q, p, rtol=0, atol=1e-12)
-
-
-class SyncRecordingNet(nn.Module):
-    """Stands in for DistributedDataParallel: records whether each forward ran in no_sync."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(5, 3).double()
-        self.synced, self._in_no_sync = [], False
-
-    @contextlib.contextmanager
-    def no_sync(self):
-        self._in_no_sync = True
-        try:
-            yield
-        finally:
-            self._in_no_sync = False
-
-    def forward(self, x):
-        self.synced.append(not self._in_no_sync)
-        return self.fc(x)
 
 
 def test_only_the_last_micro_batch_of_a_synchronized_pass_all_reduces():

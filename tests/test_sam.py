@@ -2,7 +2,6 @@
 "What the public SAM implementations get wrong", points 1-8 and 10)."""
 from __future__ import annotations
 
-import contextlib
 import copy
 import io
 import math
@@ -15,6 +14,7 @@ from torch.func import functional_call
 
 from vitsam.errors import VitsamError
 from vitsam.optim import GSAM, SAM, LookSAM
+from fakes import SyncRecordingNet
 from vitsam.train.step import frozen_batchnorm_stats, train_step
 
 
@@ -294,28 +294,6 @@ def test_bad_input_is_a_clear_error():
 
 
 # ---------------------------------------------------------------------- DDP ascent pass
-
-class SyncRecordingNet(nn.Module):
-    """Stands in for DistributedDataParallel: records whether each forward ran in no_sync."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(5, 3).double()
-        self.synced = []
-        self._in_no_sync = False
-
-    @contextlib.contextmanager
-    def no_sync(self):
-        self._in_no_sync = True
-        try:
-            yield
-        finally:
-            self._in_no_sync = False
-
-    def forward(self, x):
-        self.synced.append(not self._in_no_sync)
-        return self.fc(x)
-
 
 def test_ascent_pass_skips_gradient_sync_only_under_sam():
     x, y = batch()
