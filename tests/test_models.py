@@ -228,7 +228,9 @@ def test_capture_vit_records_true_attention_blocks_and_hidden():
 
     # Ground truth for block 0, by hand: softmax(q k^T / sqrt(d)) on the embedded tokens.
     with torch.no_grad():
-        patches = model.patch_embed(model.normalize(x)).flatten(2).transpose(1, 2)
+        embed = model.patch_embed  # a patch-sized, patch-strided convolution, applied by hand
+        patches = F.conv2d(model.normalize(x), embed.weight, embed.bias, stride=embed.stride)
+        patches = patches.flatten(2).transpose(1, 2)  # (B, D, h, w) -> (B, N, D)
         tokens0 = torch.cat([model.cls_token.expand(3, -1, -1), patches], 1) + model.pos_embed
         block = model.blocks[0]
         q, k, _ = block.attn.qkv(block.norm1(tokens0)).chunk(3, dim=-1)

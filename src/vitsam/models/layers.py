@@ -34,6 +34,20 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob}"
 
 
+class PatchEmbed(nn.Conv2d):
+    """Non-overlapping patch x patch projection to ``width`` channels (the ViT and Mixer
+    stems): images (B, C, H, W) -> tokens (B, N, width), N = (H / patch)^2."""
+
+    def __init__(self, img_size: int, patch_size: int, in_chans: int, width: int):
+        if img_size % patch_size:
+            raise VitsamError(f"img_size {img_size} is not divisible by patch_size {patch_size}")
+        super().__init__(in_chans, width, patch_size, stride=patch_size)
+        self.num_tokens = (img_size // patch_size) ** 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).flatten(2).transpose(1, 2)  # (B, D, h, w) -> (B, N, D)
+
+
 def drop_path_rates(max_rate: float, depth: int) -> list[float]:
     """Stochastic depth grows linearly from 0 to ``max_rate`` over the blocks (Huang et al. 2016)."""
     return [max_rate * i / max(depth - 1, 1) for i in range(depth)]

@@ -11,9 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vitsam.errors import VitsamError
 from vitsam.models.base import VisionModel
-from vitsam.models.layers import DropPath, Mlp, check_image_size, drop_path_rates, init_weights
+from vitsam.models.layers import DropPath, Mlp, PatchEmbed, check_image_size, drop_path_rates, init_weights
 
 
 class MixerBlock(nn.Module):
@@ -42,11 +41,9 @@ class MlpMixer(VisionModel):
                  drop_rate: float = 0.0, drop_path_rate: float = 0.0,
                  mean: float | tuple = 0.5, std: float | tuple = 0.5):
         super().__init__(num_classes, in_chans, img_size, mean, std)
-        if img_size % patch_size:
-            raise VitsamError(f"img_size {img_size} is not divisible by patch_size {patch_size}")
         self.patch_size = patch_size
-        num_tokens = (img_size // patch_size) ** 2
-        self.patch_embed = nn.Conv2d(in_chans, width, patch_size, stride=patch_size)
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, width)
+        num_tokens = self.patch_embed.num_tokens
         rates = drop_path_rates(drop_path_rate, depth)
         self.blocks = nn.ModuleList(
             MixerBlock(num_tokens, width, tokens_mlp_dim, channels_mlp_dim, drop_rate, rate)
@@ -63,7 +60,7 @@ class MlpMixer(VisionModel):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """x: normalized images (B, C, H, W) -> tokens after the last block (B, N, D)."""
         check_image_size(x, self.img_size, type(self).__name__)
-        x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, D, h, w) -> (B, N, D)
+        x = self.patch_embed(x)  # (B, C, H, W) -> (B, N, D)
         for block in self.blocks:
             x = block(x)
         return x

@@ -12,9 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vitsam.errors import VitsamError
 from vitsam.models.base import VisionModel
-from vitsam.models.layers import (Attention, DropPath, Mlp, check_image_size, drop_path_rates,
+from vitsam.models.layers import (Attention, DropPath, Mlp, PatchEmbed, check_image_size, drop_path_rates,
                                   init_weights)
 
 
@@ -43,11 +42,9 @@ class VisionTransformer(VisionModel):
                  mlp_dim: int = 1536, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, mean: float | tuple = 0.5, std: float | tuple = 0.5):
         super().__init__(num_classes, in_chans, img_size, mean, std)
-        if img_size % patch_size:
-            raise VitsamError(f"img_size {img_size} is not divisible by patch_size {patch_size}")
         self.patch_size = patch_size
-        num_patches = (img_size // patch_size) ** 2
-        self.patch_embed = nn.Conv2d(in_chans, width, patch_size, stride=patch_size)
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, width)
+        num_patches = self.patch_embed.num_tokens
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, width))
         self.pos_drop = nn.Dropout(drop_rate)
@@ -68,7 +65,7 @@ class VisionTransformer(VisionModel):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """x: normalized images (B, C, H, W) -> tokens after the last block (B, 1 + N, D)."""
         check_image_size(x, self.img_size, type(self).__name__)
-        x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, D, h, w) -> (B, N, D)
+        x = self.patch_embed(x)  # (B, C, H, W) -> (B, N, D)
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         x = self.pos_drop(torch.cat([cls, x], dim=1) + self.pos_embed)
         for block in self.blocks:

@@ -226,12 +226,12 @@ def train_on(d: distributed.Dist, cfg: Config, run_dir: Path, resume: bool) -> P
                     save()
                     progress.close()
                     return run_dir
+                if step >= total_steps:
+                    break
                 if (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0) or \
                         step % steps_per_epoch == 0:
                     save()
-                if step >= total_steps:
-                    break
-    save()
+    save()  # the final checkpoint, written once
     progress.close()
     final = run_eval()
     if d.is_main:
