@@ -29,6 +29,7 @@ from vitsam.models import create_model
 from vitsam.optim import build_optimizer
 from vitsam.train import distributed
 from vitsam.train.precision import AUTOCAST
+from vitsam.train.objectives import Classification, TrainingModule
 from vitsam.train.step import train_step
 
 VARIANTS = {
@@ -50,7 +51,7 @@ def images_per_s(net, model, d, args, sam_cfg) -> float:
             if d.device.type == "cuda":
                 torch.cuda.synchronize(d.device)
             start = time.perf_counter()
-        train_step(net, optimizer, F.cross_entropy, images, labels, grad_clip=1.0,
+        train_step(net, optimizer, (images, labels), grad_clip=1.0,
                    autocast_dtype=AUTOCAST[args.precision])
     distributed.barrier(d)
     if d.device.type == "cuda":
@@ -65,7 +66,7 @@ def worker(args) -> None:
     torch.manual_seed(0)
     model = create_model(args.model, num_classes=args.num_classes, img_size=args.img_size,
                          in_chans=args.in_chans).to(d.device).train()
-    net = DistributedDataParallel(model, device_ids=[d.device] if d.device.type == "cuda" else None) \
+    net = DistributedDataParallel(TrainingModule(model, Classification()), device_ids=[d.device] if d.device.type == "cuda" else None) \
         if d.enabled else model
     rates = {name: images_per_s(net, model, d, args, cfg) for name, cfg in VARIANTS.items()}
     if d.is_main:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from vitsam.models import create_model
 from vitsam.optim import SAM, LookSAM
+from vitsam.train.objectives import Classification, TrainingModule
 from vitsam.train.step import train_step
 
 
@@ -24,9 +25,10 @@ LOOKSAM_K = 5
 
 def step_times_ms(model, optimizer, images, labels, steps: int, warmup: int = 3) -> list[float]:
     times = []
+    trainee = TrainingModule(model, Classification())
     for step in range(warmup + steps):
         start = time.perf_counter()
-        train_step(model, optimizer, F.cross_entropy, images, labels, grad_clip=1.0)
+        train_step(trainee, optimizer, (images, labels), grad_clip=1.0)
         if step >= warmup:
             times.append(1000 * (time.perf_counter() - start))
     return times

@@ -24,6 +24,7 @@ from vitsam.config import OptimConfig, SAMConfig
 from vitsam.models import create_model
 from vitsam.optim import LookSAM, build_optimizer
 from vitsam.train.precision import AUTOCAST, loss_scaler
+from vitsam.train.objectives import Classification, TrainingModule
 from vitsam.train.step import train_step
 
 LOOKSAM_K = 5
@@ -50,13 +51,14 @@ class Runner:
                                   in_chans=args.in_chans).to(images.device).train()
         self.optimizer = build_optimizer(self.model, OptimConfig(lr=1e-3, weight_decay=0.3), sam_cfg)
         self.images, self.labels = images, labels
+        self.trainee = TrainingModule(self.model, Classification())
         self.dtype, self.scaler = AUTOCAST[args.precision], loss_scaler(args.precision)
 
     def ms_per_step(self, steps: int) -> float:
         synchronize(self.images.device)
         start = time.perf_counter()
         for _ in range(steps):
-            train_step(self.model, self.optimizer, F.cross_entropy, self.images, self.labels, grad_clip=1.0,
+            train_step(self.trainee, self.optimizer, (self.images, self.labels), grad_clip=1.0,
                        autocast_dtype=self.dtype, scaler=self.scaler)
         synchronize(self.images.device)
         return 1000 * (time.perf_counter() - start) / steps

@@ -22,15 +22,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from vitsam import config as config_lib
+from vitsam import presets
 from vitsam.optim import GSAM, SAM, LookSAM
 from vitsam.train import loop
 from vitsam.train.precision import LossScaler
 from vitsam.train.step import train_step
+from fakes import classify
 
 STEPS, RHO, LR = 2, 0.1, 0.1
 CRASH_AT = 5
-TRAIN_OVERRIDES = ["sam.rho=0.1", "train.epochs=0.5", "train.stop_after_steps=9",  # 9 steps, no final eval
+TRAIN_OVERRIDES = ["sam.rho=0.1", "train.epochs=0.5", "train.stop_after_steps=9",  # all 9 steps
                    "train.checkpoint_every=3", "train.log_every=1", "train.threads=1"]
 
 
@@ -51,12 +52,12 @@ def weights(model: nn.Module) -> list[torch.Tensor]:
 
 def run_steps(make_optimizer, rank: int, steps: int = STEPS, accumulation_steps: int = 1) -> list:
     model = tiny_mlp()
-    net = DistributedDataParallel(model)
+    net = DistributedDataParallel(classify(model))
     optimizer = make_optimizer(model.parameters())
     history = []
     for step in range(steps):
         x, y = rank_batch(rank, step)
-        train_step(net, optimizer, F.cross_entropy, x, y, accumulation_steps=accumulation_steps)
+        train_step(net, optimizer, (x, y), accumulation_steps=accumulation_steps)
         history.append(weights(model))
     return history
 
@@ -76,13 +77,13 @@ class BlowUp(nn.Module):
 def fp16_overflow(call: int) -> dict:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3), BlowUp(call))
-    net = DistributedDataParallel(model)
+    net = DistributedDataParallel(classify(model))
     optimizer = SAM(model.parameters(), torch.optim.AdamW, rho=RHO, lr=1e-2)
     scaler = LossScaler()
     record = {"initial": weights(model), "skipped": [], "scale": [], "weights": [], "base_state": []}
     for step in range(2):
         x, y = rank_batch(dist.get_rank(), step)
-        result = train_step(net, optimizer, F.cross_entropy, x.float(), y, autocast_dtype=torch.float16,
+        result = train_step(net, optimizer, (x.float(), y), autocast_dtype=torch.float16,
                             scaler=scaler)
         record["skipped"].append(result.skipped)
         record["scale"].append(scaler.scale)
@@ -107,7 +108,7 @@ def steps_mode(out: Path) -> None:
         "fp16_overflow_pass2": fp16_overflow(call=2),
     }
     torch.save(results, out / f"steps_rank{rank}.pt")
-    cfg = config_lib.resolve("smoke", None, TRAIN_OVERRIDES)
+    cfg = presets.resolve("smoke", None, TRAIN_OVERRIDES)
     loop.train(cfg, out / "full")  # joins the process group already set up
     dist.destroy_process_group()
 
@@ -124,7 +125,7 @@ def crash_mode(out: Path) -> None:
         return real_train_step(*args, **kwargs)
 
     loop.train_step = train_step_that_dies
-    cfg = config_lib.resolve("smoke", None, TRAIN_OVERRIDES)
+    cfg = presets.resolve("smoke", None, TRAIN_OVERRIDES)
     loop.train(cfg, out / "part")
 
 

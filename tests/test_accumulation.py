@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitsam import config as config_lib
+from vitsam import presets
 from vitsam.errors import VitsamError
 from vitsam.optim import GSAM, SAM, LookSAM
 from vitsam.train.checkpoint import CHECKPOINT, load_checkpoint
 from vitsam.train.loop import train
-from fakes import SyncRecordingNet
+from fakes import SyncRecordingNet, classify
 from vitsam.train.step import train_step
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -46,8 +46,8 @@ def test_k_micro_batches_give_the_update_of_the_whole_batch(name, micro_batches)
     whole_opt, split_opt = OPTIMIZERS[name](whole.parameters()), OPTIMIZERS[name](split.parameters())
     for step in range(3):  # LookSAM k=2: ascent, reuse, ascent
         x, y = data(seed=step)
-        a = train_step(whole, whole_opt, F.cross_entropy, x, y, grad_clip=1.0)
-        b = train_step(split, split_opt, F.cross_entropy, x, y, grad_clip=1.0,
+        a = train_step(classify(whole), whole_opt, (x, y), grad_clip=1.0)
+        b = train_step(classify(split), split_opt, (x, y), grad_clip=1.0,
                        accumulation_steps=micro_batches)
         assert b.loss == pytest.approx(a.loss, rel=1e-12) and b.logits.shape == (16, 3)
         assert b.grad_norm == pytest.approx(a.grad_norm, rel=1e-10)
@@ -58,15 +58,15 @@ def test_k_micro_batches_give_the_update_of_the_whole_batch(name, micro_batches)
 def test_only_the_last_micro_batch_of_a_synchronized_pass_all_reduces():
     x, y = data(n=9)
     model = SyncRecordingNet()
-    train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), F.cross_entropy, x, y, accumulation_steps=3)
+    train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), (x, y), accumulation_steps=3)
     assert model.synced == [False, False, True]
     model.synced.clear()
-    train_step(model, SAM(model.parameters(), torch.optim.SGD, lr=0.1), F.cross_entropy, x, y,
+    train_step(model, SAM(model.parameters(), torch.optim.SGD, lr=0.1), (x, y),
                accumulation_steps=3)
     assert model.synced == [False, False, False] + [False, False, True]  # per-rank ascent, then synced
     model.synced.clear()
-    train_step(model, SAM(model.parameters(), torch.optim.SGD, lr=0.1, per_rank=False), F.cross_entropy,
-               x, y, accumulation_steps=3)
+    train_step(model, SAM(model.parameters(), torch.optim.SGD, lr=0.1, per_rank=False), (x, y),
+               accumulation_steps=3)
     assert model.synced == [False, False, True] * 2  # the "global" perturbation synchronizes both
 
 
@@ -74,9 +74,9 @@ def test_bad_accumulation_is_a_clear_error(tmp_path):
     model = tiny_mlp()
     x, y = data(n=4)
     with pytest.raises(VitsamError, match="accumulation_steps"):
-        train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), F.cross_entropy, x, y,
+        train_step(classify(model), torch.optim.SGD(model.parameters(), lr=0.1), (x, y),
                    accumulation_steps=5)
-    cfg = config_lib.resolve("smoke", None, ["train.accumulation_steps=3"])  # batch 64
+    cfg = presets.resolve("smoke", None, ["train.accumulation_steps=3"])  # batch 64
     with pytest.raises(VitsamError, match="accumulation_steps"):
         train(cfg, tmp_path / "run")
 
@@ -87,7 +87,7 @@ def test_training_loop_with_accumulation_matches_whole_batches(tmp_path):
     # attention key bias up to whole learning-rate steps
     runs = {}
     for k in (1, 4):
-        cfg = config_lib.resolve("smoke", None, [f"train.accumulation_steps={k}", "train.stop_after_steps=3",
+        cfg = presets.resolve("smoke", None, [f"train.accumulation_steps={k}", "train.stop_after_steps=3",
                                                  "sam.rho=0.1", "optim.name=sgd", "optim.lr=0.05"])
         runs[k] = load_checkpoint(train(cfg, tmp_path / f"k{k}") / CHECKPOINT)["model"]
     for key, value in runs[1].items():

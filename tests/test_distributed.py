@@ -130,5 +130,5 @@ def test_killed_worker_is_restarted_and_resumes_from_the_checkpoint(steps_run, t
         assert torch.equal(value, part["model"][key]), key
     for key, value in full["optimizer"]["base"]["state"].items():
         assert torch.equal(value["exp_avg"], part["optimizer"]["base"]["state"][key]["exp_avg"])
-    steps = [line for line in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    steps = [line for line in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines() if '"train"' in line]
     assert len(steps) == 9, "rank 0 alone logs, and the restart dropped the records after step 3"

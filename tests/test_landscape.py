@@ -76,11 +76,12 @@ def test_analyzers_return_json_and_figures(batches):
 def make_run(root, name, rho, data, seed):
     """A run directory as the training loop writes it, with a tiny ViT."""
     from vitsam import config as config_lib
+    from vitsam import presets
     from vitsam.models import create_model
     from vitsam.train.checkpoint import atomic_torch_save, atomic_write_json
 
     run_dir = root / name
-    cfg = config_lib.get_preset("vit_tiny_fmnist")
+    cfg = presets.get_preset("vit_tiny_fmnist")
     cfg.data.dataset, cfg.sam.rho = f"arrays:{data}", rho
     run_dir.mkdir(parents=True)
     config_lib.save(cfg, run_dir / "config.json")

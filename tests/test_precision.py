@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitsam import config as config_lib
+from vitsam import presets
 from vitsam.data.sources import load_source
 from vitsam.models import create_model
 from vitsam.optim import SAM, LookSAM
@@ -19,6 +19,7 @@ from vitsam.train.checkpoint import CHECKPOINT, load_checkpoint
 from vitsam.train.loop import train
 from vitsam.train.metrics import read_metrics
 from vitsam.train.precision import LossScaler
+from fakes import classify
 from vitsam.train.step import train_step
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -50,7 +51,7 @@ def batch(n=16, seed=1):
 
 def fp16_step(model, optimizer, scaler=None, seed=1, grad_clip=0.05):
     x, y = batch(seed=seed)
-    return train_step(model, optimizer, F.cross_entropy, x, y, grad_clip=grad_clip,
+    return train_step(classify(model), optimizer, (x, y), grad_clip=grad_clip,
                       autocast_dtype=torch.float16, scaler=scaler)
 
 
@@ -117,7 +118,7 @@ def test_overflow_skips_the_base_optimizer_too():
 @needs_fmnist
 def test_fp16_training_loop_checkpoints_and_resumes_the_loss_scale(tmp_path):
     def run(stop):
-        cfg = config_lib.resolve("smoke", None, ["train.precision=fp16", "sam.rho=0.1",
+        cfg = presets.resolve("smoke", None, ["train.precision=fp16", "sam.rho=0.1",
                                                  f"train.stop_after_steps={stop}", "train.log_every=1"])
         return train(cfg, tmp_path / "run", resume=stop > 1)
 
@@ -149,7 +150,7 @@ def test_bf16_trains_the_small_vit_like_fp32():
         optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.05)
         for step in range(48):  # 2 epochs of 24 batches of 64
             index = slice(64 * (step % 24), 64 * (step % 24 + 1))
-            train_step(model, optimizer, F.cross_entropy, images[index], labels[index], grad_clip=1.0,
+            train_step(classify(model), optimizer, (images[index], labels[index]), grad_clip=1.0,
                        autocast_dtype=dtype)
         with torch.no_grad():
             logits = model.eval()(test_images).float()

@@ -14,7 +14,7 @@ from torch.func import functional_call
 
 from vitsam.errors import VitsamError
 from vitsam.optim import GSAM, SAM, LookSAM
-from fakes import SyncRecordingNet
+from fakes import SyncRecordingNet, classify
 from vitsam.train.step import frozen_batchnorm_stats, train_step
 
 
@@ -62,7 +62,8 @@ def weights(model):
 
 
 def step_sgd(model, optimizer, x, y):
-    return train_step(model, optimizer, F.cross_entropy, x, y)
+    trainee = model if isinstance(model, SyncRecordingNet) else classify(model)
+    return train_step(trainee, optimizer, (x, y))
 
 
 # ---------------------------------------------------------------------- one step by hand
@@ -82,7 +83,7 @@ def test_sam_step_equals_update_by_hand(grad_clip):
     expected = [wi - lr * clip * gi for wi, gi in zip(w, g_adv)]
 
     optimizer = SAM(model.parameters(), torch.optim.SGD, rho=rho, lr=lr)
-    result = train_step(model, optimizer, F.cross_entropy, x, y, grad_clip=grad_clip)
+    result = train_step(classify(model), optimizer, (x, y), grad_clip=grad_clip)
     assert result.grad_norm == pytest.approx(norm.item(), rel=1e-12)
     assert grad_clip == 0 or clip < 0.5  # the test really clips
     for p, want in zip(model.parameters(), expected):
@@ -169,7 +170,7 @@ def run_steps(model, optimizer, steps=5, seed=3):
     torch.manual_seed(seed)
     for step in range(steps):
         x, y = batch(n=16, d=6, seed=10 + step, dtype=torch.float32)
-        train_step(model, optimizer, F.cross_entropy, x, y, grad_clip=1.0)
+        train_step(classify(model), optimizer, (x, y), grad_clip=1.0)
 
 
 @pytest.mark.parametrize("base, kwargs", [
@@ -193,7 +194,7 @@ def test_batchnorm_running_stats_come_from_the_first_pass_only():
     reference = copy.deepcopy(model)
     x, y = batch(n=16, d=6, dtype=torch.float32)
     reference(x)  # one train-mode forward at the unperturbed weights
-    train_step(model, SAM(model.parameters(), torch.optim.SGD, rho=0.5, lr=0.1), F.cross_entropy, x, y)
+    train_step(classify(model), SAM(model.parameters(), torch.optim.SGD, rho=0.5, lr=0.1), (x, y))
     assert torch.equal(model.bn.running_mean, reference.bn.running_mean)
     assert torch.equal(model.bn.running_var, reference.bn.running_var)
     assert model.bn.num_batches_tracked.item() == 1
@@ -269,8 +270,8 @@ def test_sam_step_under_bf16_autocast():
     model = DropoutBatchNormNet()
     before = weights(model)
     x, y = batch(n=16, d=6, dtype=torch.float32)
-    result = train_step(model, SAM(model.parameters(), torch.optim.AdamW, rho=0.1, lr=1e-2),
-                        F.cross_entropy, x, y, grad_clip=1.0, autocast_dtype=torch.bfloat16)
+    result = train_step(classify(model), SAM(model.parameters(), torch.optim.AdamW, rho=0.1, lr=1e-2),
+                        (x, y), grad_clip=1.0, autocast_dtype=torch.bfloat16)
     assert result.logits.dtype == torch.bfloat16 and not result.logits.requires_grad
     assert math.isfinite(result.loss) and result.grad_norm > 0
     assert all(p.dtype == torch.float32 for p in model.parameters())
@@ -349,9 +350,9 @@ def test_looksam_reuses_orthogonal_gradient_with_one_pass_between_ascents():
     optimizer = LookSAM(model.parameters(), torch.optim.SGD, rho=rho, k=k, alpha=alpha, lr=lr)
     counts = []
     for expected in (w1, w2):
-        train_step(model, optimizer, counting_loss, x, y)
+        train_step(classify(model, counting_loss), optimizer, (x, y))
         counts.append(len(passes))
         for p, want in zip(model.parameters(), expected):
             torch.testing.assert_close(p.detach(), want, rtol=0, atol=1e-12)
-    train_step(model, optimizer, counting_loss, x, y)  # step k: a full SAM step again
+    train_step(classify(model, counting_loss), optimizer, (x, y))  # step k: a full SAM step again
     assert counts + [len(passes)] == [2, 3, 5]

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vitsam import config as config_lib
+from vitsam import presets
 from vitsam.cli import main
 from vitsam.errors import VitsamError
 from vitsam.train.checkpoint import CHECKPOINT, load_checkpoint, load_run
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(not FMNIST.exists(), reason="Fashion-MNIST not i
 
 
 def smoke(*overrides):
-    return config_lib.resolve("smoke", None, list(overrides))
+    return presets.resolve("smoke", None, list(overrides))
 
 
 def weights(run_dir):

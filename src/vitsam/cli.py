@@ -11,10 +11,10 @@ from vitsam.errors import VitsamError
 
 
 def cmd_train(args) -> None:
-    from vitsam import config as config_lib
+    from vitsam import presets
     from vitsam.train.loop import train
 
-    cfg = config_lib.resolve(args.preset, args.config, args.set or [])
+    cfg = presets.resolve(args.preset, args.config, args.set or [])
     if args.data_dir:
         cfg.data.data_dir = args.data_dir
     if os.environ.get("RANK", "0") == "0":  # under torchrun, once
@@ -26,27 +26,23 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from vitsam.data.build import build_source
-    from vitsam.data import Loader
-    from vitsam.train.checkpoint import atomic_write_json, load_run
+    from vitsam.data.build import eval_loader
+    from vitsam.evaluators.accuracy import evaluate_splits
+    from vitsam.train.checkpoint import load_run, write_evaluation
     from vitsam.train.distributed import pick_device
-    from vitsam.train.loop import evaluate
 
     run = load_run(args.run_dir)
     device = pick_device(args.device)
     cfg = run.config
     if args.data_dir:
         cfg.data.data_dir = args.data_dir
-    loader = Loader(build_source(cfg.data, "test"), cfg.train.eval_batch_size, train=False,
-                    img_size=cfg.data.img_size, seed=cfg.train.seed,
-                    eval_crop_fraction=cfg.data.eval_crop_fraction)
-    result = evaluate(run.model.to(device), loader, device)
-    path = Path(args.run_dir) / "eval.json"
-    summary = json.loads(path.read_text()) if path.exists() else {}
-    summary.update(test_accuracy=result["accuracy"], test_loss=result["loss"], test_images=result["images"])
-    atomic_write_json(summary, path)
-    print(f"{args.run_dir}: test accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f} "
-          f"({result['images']} images, step {run.step})")
+    splits = ["test"] + (["val"] if cfg.data.val_fraction > 0 else [])
+    loaders = {split: eval_loader(cfg.data, split, cfg.train.eval_batch_size) for split in splits}
+    summary, predictions = evaluate_splits(run.model.to(device), loaders, device)
+    write_evaluation(Path(args.run_dir), summary, predictions)
+    for split in splits:
+        print(f"{args.run_dir}: {split} accuracy {summary[f'{split}_accuracy']:.4f}, loss "
+              f"{summary[f'{split}_loss']:.4f} ({summary[f'{split}_images']} images, step {run.step})")
 
 
 def cmd_models(args) -> None:
@@ -65,11 +61,10 @@ def cmd_models(args) -> None:
 
 
 def cmd_presets(args) -> None:
-    from vitsam.config import list_presets
+    from vitsam.presets import describe, list_presets
 
-    for name, fn in list_presets().items():
-        doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        print(f"{name:<26} {doc}")
+    for name in list_presets():
+        print(f"{name:<26} {describe(name)}")
 
 
 def cmd_demo(args) -> None:

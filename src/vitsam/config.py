@@ -1,9 +1,10 @@
-"""Typed configuration: dataclasses, presets as small Python functions (big_vision style).
+"""Typed configuration: one dataclass per component, nested in ``Config``.
 
-A ``Config`` is built from a preset, then a config file (TOML or JSON, nested tables
-mirroring the dataclasses) and ``key=value`` overrides with dotted keys
-(``optim.lr=1e-3``, ``sam.rho=0.1``). Unknown keys and bad values are rejected with
-the valid choices; the resolved config is saved in every run directory and checkpoint.
+A ``Config`` is built from a preset (``vitsam.presets``: configs as small Python
+functions, big_vision style), then a config file (TOML or JSON, nested tables mirroring
+the dataclasses) and ``key=value`` overrides with dotted keys (``optim.lr=1e-3``,
+``sam.rho=0.1``). Unknown keys and bad values are rejected with the valid choices; the
+resolved config is saved in every run directory and checkpoint.
 """
 from __future__ import annotations
 
@@ -13,9 +14,23 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Literal
 
 from vitsam.errors import VitsamError, unknown_choice
+from vitsam.jsonfile import write_json
+
+
+# One source for every choice list: a Literal here is what validation, the CLI help and
+# error messages read (``choices(Config, "optim.name")``); registries that grow by
+# registration (models, presets, evaluators, data set kinds) are their own source.
+Optimizer = Literal["adamw", "sgd"]
+Schedule = Literal["linear", "cosine", "constant"]
+Precision = Literal["fp32", "bf16", "fp16"]
+SAMVariant = Literal["sam", "gsam", "looksam"]
+Perturbation = Literal["per_rank", "global"]
+ObjectiveName = Literal["classification", "adversarial", "contrastive"]
+OnNonFinite = Literal["stop", "skip"]
+AttackNorm = Literal["linf", "l2"]
 
 
 @dataclass
@@ -31,8 +46,10 @@ class DataConfig:
     dataset: str = "fashion_mnist"   # fashion_mnist | cifar10:/path | cifar100:/path | folder:/path | arrays:/path
     data_dir: str = ""               # overrides the default location of a named data set
     img_size: int = 28               # model input size after crop
-    train_fraction: float = 1.0      # class-balanced subset (the paper's 1/2, 1/4, 1/10 study)
+    train_fraction: float = 1.0      # class-balanced subset (the paper's 1/2, 1/4, 1/10 study, Table 4)
     subset_seed: int = 0
+    val_fraction: float = 0.0        # class-balanced share of the training images held out as a
+                                     # validation split (for choosing hyperparameters, never the test set)
     crop_scale: tuple = (0.08, 1.0)  # Inception-style random resized crop scale range
     crop_ratio: tuple = (3 / 4, 4 / 3)
     hflip: bool = True
@@ -41,8 +58,16 @@ class DataConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Strong augmentation, the paper's "AUG" (RandAugment + mixup); off by default."""
+    randaugment_layers: int = 0      # RandAugment N: operations per image; 0 disables
+    randaugment_magnitude: float = 10.0  # RandAugment M
+    mixup_alpha: float = 0.0         # Beta(alpha, alpha) mixing weight; 0 disables
+
+
+@dataclass
 class OptimConfig:
-    name: str = "adamw"              # adamw | sgd
+    name: Optimizer = "adamw"
     lr: float = 3e-3
     weight_decay: float = 0.3
     betas: tuple = (0.9, 0.999)
@@ -50,7 +75,7 @@ class OptimConfig:
     nesterov: bool = False
     warmup_steps: int = 0
     warmup_fraction: float = 0.0     # used when warmup_steps == 0
-    schedule: str = "linear"         # linear | cosine | constant (after warmup)
+    schedule: Schedule = "linear"    # after warmup
     min_lr_ratio: float = 0.0
     grad_clip: float = 1.0           # global-norm clipping; 0 disables
 
@@ -58,11 +83,11 @@ class OptimConfig:
 @dataclass
 class SAMConfig:
     rho: float = 0.0                 # 0 disables SAM (the base optimizer alone)
-    variant: str = "sam"             # sam | gsam | looksam
+    variant: SAMVariant = "sam"
     adaptive: bool = False           # ASAM: T = |w| + eta
     eta: float = 0.01                # ASAM's eta (Kwon et al. 2021); > 0 so zero-initialized weights move too
     eps: float = 1e-12
-    perturbation: str = "per_rank"   # per_rank (m-sharpness, the paper) | global (all-reduced g) under DDP
+    perturbation: Perturbation = "per_rank"  # per_rank (m-sharpness, the paper) | global (all-reduced g) under DDP
     gsam_alpha: float = 0.2          # GSAM: weight of the orthogonal (surrogate-gap) term
     rho_min: float = 0.0             # GSAM: rho follows the lr schedule from rho_min to rho
     looksam_alpha: float = 0.7       # LookSAM: weight of the reused orthogonal component (Liu et al. 2022)
@@ -70,18 +95,39 @@ class SAMConfig:
 
 
 @dataclass
+class AdversarialConfig:
+    """Adversarial training (objective "adversarial"): PGD examples in the inner loop."""
+    eps: float = 4 / 255             # radius in [0, 1] pixel units
+    steps: int = 3                   # PGD steps while training (evaluation uses PGD-10)
+    step_size: float = 0.0           # 0: 2.5 * eps / steps (Madry et al. 2018)
+    norm: AttackNorm = "linf"
+
+
+@dataclass
+class ContrastiveConfig:
+    """Contrastive pre-training (objective "contrastive"): MoCo v3 (Chen, Xie, He 2021)."""
+    temperature: float = 0.2
+    momentum: float = 0.99           # momentum encoder's moving-average coefficient (cosine-increased to 1)
+    projection_dim: int = 256
+    hidden_dim: int = 4096
+
+
+@dataclass
 class TrainConfig:
     epochs: float = 1.0
     batch_size: int = 128
     eval_batch_size: int = 512
+    objective: ObjectiveName = "classification"
     label_smoothing: float = 0.0
-    precision: str = "fp32"          # fp32 | bf16 | fp16 (with a gradient scaler)
+    precision: Precision = "fp32"    # fp16 uses a gradient scaler
     accumulation_steps: int = 1      # micro-batches per optimizer step (batch_size is the whole batch)
     seed: int = 0
     log_every: int = 50
     eval_every_epochs: float = 1.0
     checkpoint_every: int = 0        # steps; 0 = at each epoch end and at the end
     stop_after_steps: int = 0        # stop (with a checkpoint) after this many steps; 0 = run to the end
+    on_nonfinite: OnNonFinite = "stop"  # a non-finite loss or gradient: stop the run, or skip the step
+    max_skipped_steps: int = 10      # on_nonfinite=skip: stop after this many skipped steps in a row
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     progress: bool = True
     threads: int = 0                 # torch intra-op threads; 0 = torch default
@@ -91,13 +137,26 @@ class TrainConfig:
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sam: SAMConfig = field(default_factory=SAMConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
+    # evaluators run during training: name -> {"every_epochs": x, <evaluator options>}
+    evals: dict = field(default_factory=dict)
     name: str = ""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def choices(cls, dotted: str) -> tuple:
+    """The valid values of a Literal field, e.g. ``choices(Config, "optim.name")``."""
+    *path, key = dotted.split(".")
+    for part in path:
+        cls = typing.get_type_hints(cls)[part]
+    return typing.get_args(typing.get_type_hints(cls)[key])
 
 
 # --------------------------------------------------------------------------- dict <-> dataclass
@@ -127,6 +186,10 @@ def merge(obj, data: dict, where: str = "config"):
 def _coerce(value, hint, current, where: str):
     """Convert a value parsed from TOML/JSON/the command line to the field's type."""
     origin = typing.get_origin(hint) or hint
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise unknown_choice(where, value, typing.get_args(hint))
+        return value
     try:
         if origin is bool:
             if isinstance(value, str):
@@ -190,69 +253,28 @@ def load_file(path: str | Path) -> dict:
     raise VitsamError(f"config file {str(path)!r}: use a .toml or .json file")
 
 
-# --------------------------------------------------------------------------- presets
-
-PRESETS: dict[str, Callable[[], Config]] = {}
-
-
-def preset(fn: Callable[[], Config]) -> Callable[[], Config]:
-    PRESETS[fn.__name__] = fn
-    return fn
-
-
-def list_presets() -> dict[str, Callable[[], Config]]:
-    import vitsam.presets  # noqa: F401  (registers the presets; late to avoid an import cycle)
-
-    return dict(sorted(PRESETS.items()))
-
-
-def get_preset(name: str) -> Config:
-    if name not in list_presets():
-        raise unknown_choice("preset", name, PRESETS)
-    cfg = PRESETS[name]()
-    cfg.name = cfg.name or name
-    return cfg
-
-
-def resolve(preset_name: str, config_file: str | None = None, overrides: list[str] = ()) -> Config:
-    cfg = get_preset(preset_name)
-    if config_file:
-        merge(cfg, load_file(config_file), f"config file {config_file}")
-    for text in overrides:
-        merge(cfg, parse_override(text), f"override {text!r}")
-    validate(cfg)
-    return cfg
-
-
-CHOICES = {
-    ("optim", "name"): ("adamw", "sgd"),
-    ("optim", "schedule"): ("linear", "cosine", "constant"),
-    ("train", "precision"): ("fp32", "bf16", "fp16"),
-    ("sam", "variant"): ("sam", "gsam", "looksam"),
-    ("sam", "perturbation"): ("per_rank", "global"),
-}
-
-
 def validate(cfg: Config) -> None:
-    for (section, key), choices in CHOICES.items():
-        value = getattr(getattr(cfg, section), key)
-        if value not in choices:
-            raise unknown_choice(f"{section}.{key}", value, choices)
+    """What types alone cannot say (Literal choices are checked when values are merged)."""
     if cfg.sam.rho < 0:
         raise VitsamError(f"sam.rho must be >= 0, got {cfg.sam.rho}")
     if not 0 < cfg.data.train_fraction <= 1:
         raise VitsamError(f"data.train_fraction must be in (0, 1], got {cfg.data.train_fraction}")
+    if not 0 <= cfg.data.val_fraction < 1:
+        raise VitsamError(f"data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
     if cfg.train.accumulation_steps < 1:
         raise VitsamError(f"train.accumulation_steps must be >= 1, got {cfg.train.accumulation_steps}")
     if cfg.train.batch_size <= 0 or cfg.train.epochs <= 0:
         raise VitsamError("train.batch_size and train.epochs must be positive")
+    for name in cfg.evals:
+        if not isinstance(cfg.evals[name], dict):
+            raise VitsamError(f"evals.{name} must be a table of options, got {cfg.evals[name]!r}")
     from vitsam.models import list_models  # late import: models import torch
-    if cfg.model.name not in list_models():
+    if cfg.model.name not in list_models() and not cfg.model.name.startswith("timm/"):
         raise unknown_choice("model", cfg.model.name, list_models())
 
 
 def save(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    write_json(cfg.to_dict(), path)
 
 
 def load(path: str | Path) -> Config:

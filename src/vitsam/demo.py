@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from vitsam import config as config_lib
+from vitsam import presets
 from vitsam.config import Config
 from vitsam.errors import unknown_choice
 from vitsam.report import html
@@ -62,7 +62,7 @@ def plan(preset: str, out: Path, data_dir: str | None, device: str, only: str | 
     runs = []
     for key in chosen:
         family, sam = key.removesuffix("_sam"), key.endswith("_sam")
-        cfg = config_lib.resolve(f"{family}_tiny_fmnist" + ("_sam" if sam else ""), None,
+        cfg = presets.resolve(f"{family}_tiny_fmnist" + ("_sam" if sam else ""), None,
                                  DEMO_PRESETS[preset] + [f"train.device=\"{device}\""])
         if data_dir:
             cfg.data.data_dir = data_dir

@@ -1,16 +1,63 @@
-"""Training presets: configs as small Python functions (big_vision style).
+"""Training presets: configs as small Python functions (big_vision style), and ``resolve``,
+which turns a preset, a config file and overrides into a validated ``Config``.
 
 `vitsam presets` lists them; `vitsam train --preset NAME --set key=value` starts from one.
-The paper's ImageNet recipes (PAPER.md, "Training recipe") come first, then the small
-Fashion-MNIST ones the demo uses, then `smoke`, the tiny run the tests use.
+The paper's ImageNet recipes (the paper's Sec. 2 / Appendix, docs/paper.md "Training
+recipe") come first, then the small Fashion-MNIST ones the demo uses, then `smoke`, the
+tiny run the tests use. ``runlocal(cfg)`` shrinks ANY config to a seconds-long run on a
+sliver of Fashion-MNIST with the same recipe (big_vision's ``runlocal`` variant): what
+the tests run for every preset, and ``vitsam train --runlocal`` for a first look.
 """
 from __future__ import annotations
 
-from vitsam.config import Config, DataConfig, ModelConfig, OptimConfig, SAMConfig, TrainConfig, preset
+from typing import Callable
 
-# SAM radius per paper model. PAPER.md (approx.): about 0.2 for ViT-B/16, 0.5-0.6 for
-# Mixer-B/16, 0.02-0.05 for ResNets; the other entries are our interpolation by model
-# size, not the authors' values. The paper perturbs per accelerator (m-sharpness, 64
+from vitsam.config import (Config, DataConfig, ModelConfig, OptimConfig, SAMConfig, TrainConfig, load_file,
+                           merge, parse_override, validate)
+from vitsam.errors import unknown_choice
+
+PRESETS: dict[str, Callable[[], Config]] = {}
+
+
+def preset(fn: Callable[[], Config]) -> Callable[[], Config]:
+    """Register ``fn`` (its docstring's first line is the description) as a preset."""
+    PRESETS[fn.__name__] = fn
+    return fn
+
+
+def list_presets() -> dict[str, Callable[[], Config]]:
+    return dict(sorted(PRESETS.items()))
+
+
+def describe(name: str) -> str:
+    doc = PRESETS[name].__doc__ or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def get_preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise unknown_choice("preset", name, sorted(PRESETS))
+    cfg = PRESETS[name]()
+    cfg.name = cfg.name or name
+    return cfg
+
+
+def resolve(preset_name: str, config_file: str | None = None, overrides=(), local: bool = False) -> Config:
+    """preset -> config file -> ``key=value`` overrides (later wins) -> validated Config;
+    ``local`` applies ``runlocal`` after the preset (overrides still win)."""
+    cfg = get_preset(preset_name)
+    if local:
+        cfg = runlocal(cfg)
+    if config_file:
+        merge(cfg, load_file(config_file), f"config file {config_file}")
+    for text in overrides:
+        merge(cfg, parse_override(text), f"override {text!r}")
+    validate(cfg)
+    return cfg
+
+# SAM radius per paper model: about 0.2 for ViT-B/16, 0.5-0.6 for Mixer-B/16, 0.02-0.05
+# for ResNets (the authors' released configurations, approximate; docs/paper.md); the
+# other entries are our interpolation by model size, not the authors' values. The paper perturbs per accelerator (m-sharpness, 64
 # chips): with fewer devices a larger rho is needed to match.
 PAPER_RHO = {
     "vit_s32": 0.05, "vit_s16": 0.1, "vit_s14": 0.1, "vit_s8": 0.15, "vit_b32": 0.15, "vit_b16": 0.2,
@@ -55,7 +102,6 @@ for _model in PAPER_RHO:
 # --------------------------------------------------------------------------- Fashion-MNIST
 
 
-
 # Epochs for >= 85% test accuracy with and without SAM in 1-2 minutes (base) on 2 CPU cores.
 FMNIST_EPOCHS = {"vit": 4.0, "mixer": 3.0, "resnet": 1.5}
 FMNIST_RHO = {"vit": 0.05, "mixer": 0.05, "resnet": 0.05}
@@ -97,4 +143,39 @@ def smoke() -> Config:
     cfg.train.log_every = 5
     cfg.train.progress = False
     cfg.model.overrides = {"depth": 2}
+    return cfg
+
+
+# --------------------------------------------------------------------------- runlocal
+
+# Per family: the smallest model of the same architecture (one block, a few channels)
+TINY_MODEL = {
+    "vit": dict(width=32, depth=1, num_heads=2, mlp_dim=64),
+    "mixer": dict(width=32, depth=1, tokens_mlp_dim=16, channels_mlp_dim=64),
+    "resnet": dict(layers=(1, 1, 1, 1), widths=(8, 16, 32, 64)),
+}
+
+
+def runlocal(cfg: Config) -> Config:
+    """The same recipe (optimizer, SAM, objective, augmentation, precision) at toy size:
+    a one-block model of the same family and patch size, 0.5% of Fashion-MNIST at 28 px
+    (32 px when the patch size does not divide 28), 2 steps of batch 16."""
+    import torch
+
+    from vitsam.models import create_model
+
+    with torch.device("meta"):  # shapes only: what family, which patch size
+        model = create_model(cfg.model.name, **cfg.model.overrides)
+    patch = getattr(model, "patch_size", None)
+    if not cfg.model.name.endswith("_tiny"):
+        cfg.model.overrides = {**cfg.model.overrides, **TINY_MODEL.get(model.family, {})}
+    cfg.data = DataConfig(dataset="fashion_mnist", img_size=28 if patch is None or 28 % patch == 0 else 32,
+                          train_fraction=0.005, crop_scale=cfg.data.crop_scale, crop_ratio=cfg.data.crop_ratio,
+                          hflip=cfg.data.hflip, eval_crop_fraction=1.0)
+    cfg.train.batch_size, cfg.train.eval_batch_size = 16, 500
+    cfg.train.accumulation_steps = min(cfg.train.accumulation_steps, 2)
+    cfg.train.stop_after_steps, cfg.train.log_every, cfg.train.progress = 2, 1, False
+    cfg.train.threads, cfg.train.device = 1, "cpu"
+    cfg.optim.warmup_steps = 0
+    cfg.name = f"{cfg.name}_runlocal" if cfg.name else "runlocal"
     return cfg

@@ -6,9 +6,11 @@ Every random choice is a pure function of integers:
 So a run resumed at (epoch, step) sees exactly the batches an uninterrupted run would,
 whatever happened before, and the order of worker processes does not matter.
 
-Each epoch's permutation is padded by wrapping to a multiple of ``world_size`` and rank
-``r`` takes every ``world_size``-th index from ``r`` (like DistributedSampler), so DDP
-ranks see disjoint shards of equal length.
+For training, each epoch's permutation is padded by wrapping to a multiple of
+``world_size`` and rank ``r`` takes every ``world_size``-th index from ``r`` (like
+DistributedSampler), so DDP ranks see disjoint shards of equal length and step in
+lockstep. For evaluation nothing is padded: the shards are disjoint and together hold
+every image exactly once, so counts summed over ranks are exact.
 
 In-memory sources are indexed and transformed a whole batch at a time (on ``device``);
 folder sources decode and crop per image with Pillow, in worker processes when
@@ -60,7 +62,8 @@ class Loader:
         self.drop_last = train if drop_last is None else drop_last
         self.rank, self.world_size = rank, world_size
         self.num_workers, self.device = num_workers, torch.device(device)
-        self.samples_per_rank = math.ceil(len(source) / world_size)
+        self.samples_per_rank = (math.ceil(len(source) / world_size) if train
+                                 else len(range(rank, len(source), world_size)))
         rounding = math.floor if self.drop_last else math.ceil
         self.steps_per_epoch = rounding(self.samples_per_rank / batch_size)
         if self.steps_per_epoch == 0:
@@ -80,8 +83,9 @@ class Loader:
     def epoch_indices(self, epoch: int) -> torch.Tensor:
         """This rank's sample indices for ``epoch``, int64 (samples_per_rank,)."""
         n = len(self.source)
-        order = (torch.randperm(n, generator=seeded_generator(self.seed, SHUFFLE, epoch))
-                 if self.train else torch.arange(n))
+        if not self.train:
+            return torch.arange(self.rank, n, self.world_size)
+        order = torch.randperm(n, generator=seeded_generator(self.seed, SHUFFLE, epoch))
         total = self.samples_per_rank * self.world_size
         padded = order.repeat(math.ceil(total / n))[:total]  # wrap around so all ranks get equally many
         return padded[self.rank::self.world_size]

@@ -32,3 +32,22 @@ def subset_source(source: ImageSource, fraction: float, seed: int) -> ImageSourc
     if fraction == 1:
         return source
     return source.select(class_balanced_subset(source.labels, fraction, seed))
+
+
+def stratified_order(labels: torch.Tensor, seed: int) -> torch.Tensor:
+    """A permutation of all indices in which every prefix is (nearly) class-stratified.
+
+    Each example gets the key (r + u) / n_c: r its rank in a random permutation of its
+    class, n_c the class size, u ~ U(0, 1) a tie-break; sorting by the key interleaves
+    the classes in proportion to their sizes. So the first n examples are a stratified
+    random sample for every n, and asking for more examples keeps the first ones (an
+    analysis on 256 images is a prefix of one on 1024). Depends only on (labels, seed).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    counts = torch.bincount(labels)
+    keys = torch.empty(len(labels), dtype=torch.float64)
+    for cls in range(len(counts)):
+        members = (labels == cls).nonzero().flatten()
+        ranks = torch.randperm(len(members), generator=generator).double()
+        keys[members] = (ranks + torch.rand(len(members), generator=generator, dtype=torch.float64)) / len(members)
+    return torch.argsort(keys)

@@ -19,8 +19,9 @@ Ctrl-C) leaves the weights at w, never at w + e.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
+import inspect
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
@@ -28,6 +29,37 @@ import torch
 from vitsam.errors import VitsamError
 
 Tensors = dict[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Pass:
+    """What one forward/backward pass of an optimizer step must do. The SAM family hands
+    it to closures that take one argument (``closure(step_pass)``); a closure without
+    arguments (davda54's form, torch's) is called as ``closure()``.
+
+    index: 0 at w, 1 at w + e (the ascent point);
+    synchronize: under DDP, all-reduce this pass's gradient; False in SAM's first pass
+        with per-rank perturbations (m-sharpness: each rank ascends along its own
+        gradient, docs/paper.md, SAM pitfall 3);
+    update_bn: BatchNorm running statistics update in this pass: only at w (pitfall 4).
+    """
+    index: int = 0
+    synchronize: bool = True
+    update_bn: bool = True
+
+
+SINGLE_PASS = Pass()                                         # a base optimizer's only pass
+ASCENT_POINT_PASS = Pass(index=1, synchronize=True, update_bn=False)
+
+
+def call_closure(closure: Callable, step_pass: Pass) -> torch.Tensor:
+    """``closure(step_pass)`` when the closure takes an argument, else ``closure()``."""
+    try:
+        takes_pass = bool(inspect.signature(closure).parameters)
+    except (TypeError, ValueError):  # a builtin or C callable: call it plainly
+        takes_pass = False
+    with torch.enable_grad():
+        return closure(step_pass) if takes_pass else closure()
 
 
 class SAM(torch.optim.Optimizer):
@@ -38,7 +70,7 @@ class SAM(torch.optim.Optimizer):
     ``eta`` may differ per param group. ASAM (Kwon et al. 2021): T = |w| + eta and
     e = rho T^2 g / ||T g||; plain SAM: e = rho g / ||g||. ``per_rank``: under DDP each
     rank perturbs by its own gradient (m-sharpness, the paper); False all-reduces the
-    ascent gradient too ("global" perturbation), see ``_ascent_pass``.
+    ascent gradient too ("global" perturbation), see ``first_pass``.
     """
 
     keeps_first_gradient = False  # GSAM and LookSAM need g (at w) after the ascent
@@ -59,7 +91,6 @@ class SAM(torch.optim.Optimizer):
         self._saved_weights: Tensors = {}
         self._first_grads: Tensors = {}  # only kept by variants that need g after the ascent
         self.per_rank = per_rank
-        self.local_gradient_pass = False  # see _ascent_pass
 
     # ------------------------------------------------------------------ the two halves
 
@@ -92,12 +123,10 @@ class SAM(torch.optim.Optimizer):
         compute the loss and call backward. Returns the first-pass loss."""
         if closure is None:
             raise VitsamError("SAM.step needs a closure that recomputes the loss and gradients")
-        closure = torch.enable_grad()(closure)
-        with self._ascent_pass():
-            loss = closure()
+        loss = call_closure(closure, self.first_pass())
         self.first_step(zero_grad=True)
         try:
-            closure()
+            call_closure(closure, ASCENT_POINT_PASS)
         except BaseException:
             self._restore_weights()  # the step is abandoned: back to w, not left at w + e
             raise
@@ -137,18 +166,11 @@ class SAM(torch.optim.Optimizer):
     def _rho(self, group: dict) -> float:
         return group["rho"]
 
-    @contextlib.contextmanager
-    def _ascent_pass(self):
-        """Around the first closure call, ``local_gradient_pass`` tells the closure that,
-        under DDP, this gradient may stay per rank (PAPER point 3, m-sharpness): each rank
-        perturbs by its own gradient, only the second pass synchronizes. Not for variants
-        that reuse g in the update: a per-rank g would make the ranks' updates differ.
-        ``per_rank=False`` synchronizes this pass too (the "global" perturbation)."""
-        self.local_gradient_pass = self.per_rank and not self.keeps_first_gradient
-        try:
-            yield
-        finally:
-            self.local_gradient_pass = False
+    def first_pass(self) -> Pass:
+        """The pass at w: under DDP its gradient stays per rank (m-sharpness) unless
+        ``per_rank=False`` (the "global" perturbation) or the variant reuses g in the
+        update (GSAM, LookSAM: a per-rank g would make the ranks' updates differ)."""
+        return Pass(index=0, synchronize=not self.per_rank or self.keeps_first_gradient, update_bn=True)
 
     def _gradients(self) -> Iterable[tuple[torch.Tensor, dict]]:
         for group in self.param_groups:
@@ -241,7 +263,7 @@ class LookSAM(SAM):
         if self.steps_done % self.k == 0 or not self.state:
             loss = super().step(closure)
         else:
-            loss = torch.enable_grad()(closure)()
+            loss = call_closure(closure, SINGLE_PASS)
             self._add_orthogonal_gradient()
             self.base_optimizer.step()
         self.steps_done += 1

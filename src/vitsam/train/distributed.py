@@ -92,6 +92,24 @@ def all_agree(flag: bool, d: Dist) -> bool:
     return bool(t.item())
 
 
+def gather_objects(obj, d: Dist) -> list:
+    """Every rank's ``obj`` (picklable, e.g. its RNG state), in rank order, on every rank."""
+    if not d.enabled:
+        return [obj]
+    out = [None] * d.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_sum(values: list[float], d: Dist) -> list[float]:
+    """Element-wise sums over ranks (float64), e.g. correct counts of sharded evaluation."""
+    if not d.enabled:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=d.device if d.device.type == "cuda" else "cpu")
+    dist.all_reduce(t)
+    return t.tolist()
+
+
 def any_rank(flag: torch.Tensor) -> bool:
     """True on every rank iff the 0-d tensor ``flag`` (on the backend's device) is true on
     some rank of the current process group; the flag itself outside one."""

@@ -1,104 +1,237 @@
 """The training loop, readable top to bottom (nanoGPT style).
 
-    config -> data -> model -> optimizer (base or SAM family) -> steps -> run directory
+    config -> data -> model + objective -> optimizer (base or SAM family) -> steps -> run directory
 
-Exact resume: the loader's shuffle and augmentation depend only on (seed, epoch, step),
-the checkpoint holds weights, optimizer (incl. the base optimizer's moments under SAM),
-scheduler, fp16 loss scale and the global RNG (dropout / drop-path), so a run stopped at
-step s and resumed ends with the same weights as one that never stopped.
+Every regime (classification, adversarial, contrastive training) runs this one loop: an
+objective (``vitsam.train.objectives``) turns a batch into a loss, and the optimizer
+(SAM or not) calls the step's closure as often as it needs.
+
+Exact resume: the loader's shuffle and augmentation depend only on (seed, epoch, step,
+rank), the checkpoint holds weights, the objective's state, optimizer (incl. the base
+optimizer's moments under SAM), scheduler, fp16 loss scale and every rank's RNG
+(dropout / drop-path), so a run stopped at step s and resumed ends with the same weights
+as one that never stopped.
 
 Under torchrun every rank runs this loop on its shard of each batch (DDP; the SAM ascent
-per rank unless ``sam.perturbation=global``); rank 0 alone logs, evaluates and writes
-checkpoints, every rank resumes from them, also when torchrun restarts failed workers.
+per rank unless ``sam.perturbation=global``) and draws its own dropout masks; evaluation
+is sharded over the ranks; rank 0 alone logs and writes checkpoints, every rank resumes
+from them, also when torchrun restarts failed workers.
+
+A non-finite loss or gradient never reaches the weights on disk: the step is dropped
+(before the update) and, with ``train.on_nonfinite=stop``, the run stops with an error
+naming the step, leaving the last good checkpoint as it was.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
+import statistics
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
+import numpy as np
 import torch
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from vitsam import config as config_lib
 from vitsam.config import Config
-from vitsam.data import Loader
-from vitsam.data.build import build_source
+from vitsam.data import Loader, seeded_generator
+from vitsam.data.build import build_source, eval_loader
 from vitsam.errors import VitsamError
-from vitsam.models import create_model
+from vitsam.evaluators.accuracy import evaluate, evaluate_splits
 from vitsam.optim import build_optimizer, build_scheduler
 from vitsam.train import checkpoint as ckpt
 from vitsam.train import distributed
+from vitsam.train.checkpoint import build_model, model_arguments
 from vitsam.train.metrics import MetricsLog, Progress, global_norm, parameter_norm
+from vitsam.train.objectives import TrainingModule, build_objective
 from vitsam.train.precision import AUTOCAST, loss_scaler
 from vitsam.train.step import train_step
 
-
-# --------------------------------------------------------------------------- building blocks
-
-def build_loaders(cfg: Config, d: distributed.Dist):
-    train_src, test_src = build_source(cfg.data, "train"), build_source(cfg.data, "test")
-    common = dict(img_size=cfg.data.img_size, seed=cfg.train.seed, num_workers=cfg.data.num_workers)
-    train_loader = Loader(train_src, cfg.train.batch_size // d.world_size, train=True,
-                          crop_scale=tuple(cfg.data.crop_scale), crop_ratio=tuple(cfg.data.crop_ratio),
-                          hflip=cfg.data.hflip, rank=d.rank, world_size=d.world_size, **common)
-    test_loader = Loader(test_src, cfg.train.eval_batch_size, train=False,
-                         eval_crop_fraction=cfg.data.eval_crop_fraction, **common)
-    return train_src, train_loader, test_loader
+OBJECTIVE_STREAM, RANK_STREAM = 2, 3   # seeded_generator streams beside the loader's 0 (shuffle), 1 (crops)
 
 
-def check_batch_size(cfg: Config, d: distributed.Dist) -> None:
-    """Each rank takes batch_size / world_size images, in accumulation_steps micro-batches."""
-    k = cfg.train.accumulation_steps
-    if k < 1 or cfg.train.batch_size % (d.world_size * k):
-        raise VitsamError(f"train.batch_size={cfg.train.batch_size} must be a multiple of the world size "
-                          f"({d.world_size}) times train.accumulation_steps ({k}, at least 1)")
+def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> Path:
+    """Train ``cfg`` into run directory ``out_dir``; with ``resume``, continue from its checkpoint."""
+    d = distributed.setup(cfg.train.device)
+    try:
+        return train_on(d, cfg, Path(out_dir), resume)
+    finally:
+        distributed.teardown(d)
 
 
-def model_arguments(cfg: Config, source) -> dict:
-    """What create_model needs to rebuild this run's model (saved as model.json)."""
-    overrides = dict(cfg.model.overrides)
-    for key in ("drop_rate", "drop_path_rate"):
-        if getattr(cfg.model, key):
-            overrides[key] = getattr(cfg.model, key)
-    return {"name": cfg.model.name, "num_classes": source.num_classes, "img_size": cfg.data.img_size,
-            "in_chans": source.in_chans, "overrides": overrides}
+def train_on(d: distributed.Dist, cfg: Config, run_dir: Path, resume: bool) -> Path:
+    # ------------------------------------------------------------------ setup
+    check_batch_size(cfg, d)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    # torchrun restarts failed workers with the same arguments: continue, never start over.
+    resume = resume or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    prepare_run_dir(run_dir, cfg, resume, d)
+
+    train_source = build_source(cfg.data, "train")
+    train_loader = Loader(train_source, cfg.train.batch_size // d.world_size, train=True,
+                          img_size=cfg.data.img_size, seed=cfg.train.seed, crop_scale=tuple(cfg.data.crop_scale),
+                          crop_ratio=tuple(cfg.data.crop_ratio), hflip=cfg.data.hflip, rank=d.rank,
+                          world_size=d.world_size, num_workers=cfg.data.num_workers)
+    eval_splits = ["test"] + (["val"] if cfg.data.val_fraction > 0 else [])
+    eval_loaders = {split: eval_loader(cfg.data, split, cfg.train.eval_batch_size, rank=d.rank,
+                                       world_size=d.world_size) for split in eval_splits}
+
+    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
+    args = model_arguments(cfg, train_source)
+    model = build_model(args).to(d.device)
+    objective = build_objective(cfg, model).to(d.device)
+    trainee = TrainingModule(model, objective)
+    optimizer = build_optimizer(trainee, cfg.optim, cfg.sam)
+    steps_per_epoch = len(train_loader)
+    total_steps = max(1, round(cfg.train.epochs * steps_per_epoch))
+    scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
+    scaler = loss_scaler(cfg.train.precision)  # fp16 only
+    # each rank its own dropout / drop-path masks: it trains on other images
+    torch.manual_seed(seeded_generator(cfg.train.seed, RANK_STREAM, d.rank).initial_seed())
+    step = 0
+    if resume and (run_dir / ckpt.CHECKPOINT).exists():
+        step = restore(run_dir, trainee, optimizer, scheduler, scaler, d)
+    if d.is_main:
+        ckpt.atomic_write_json(args, run_dir / "model.json")
+
+    net = DistributedDataParallel(trainee, device_ids=[d.device] if d.device.type == "cuda" else None) \
+        if d.enabled else trainee
+    dtype = AUTOCAST[cfg.train.precision]
+    step_options = dict(grad_clip=cfg.optim.grad_clip, autocast_dtype=dtype, scaler=scaler,
+                        accumulation_steps=cfg.train.accumulation_steps)
+    eval_every = max(1, round(cfg.train.eval_every_epochs * steps_per_epoch))
+    checkpoint_every = cfg.train.checkpoint_every or steps_per_epoch
+    health = Health(cfg, scaler is not None)
+    meter = Throughput()
+
+    def save() -> None:
+        state = {"model": model.state_dict(), "objective": objective.state_dict(),
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "rng": distributed.gather_objects(rng_state(), d), "step": step, "config": cfg.to_dict()}
+        if scaler is not None:
+            state["scaler"] = scaler.state_dict()
+        if d.is_main:
+            ckpt.save_checkpoint(state, run_dir / ckpt.CHECKPOINT)
+        distributed.barrier(d)
+
+    # ------------------------------------------------------------------ the loop
+    net.train()
+    with MetricsLog(run_dir, enabled=d.is_main, keep_until=step) as log, \
+            Progress(total_steps, cfg.name or cfg.model.name, enabled=cfg.train.progress and d.is_main) as progress, \
+            stop_on_signals() as signals:
+        clock = time.perf_counter()
+        for epoch, index, (images, labels) in batches(train_loader, step, total_steps, d.device):
+            generator = seeded_generator(cfg.train.seed, OBJECTIVE_STREAM, epoch, index, d.rank)
+            batch = objective.prepare(model, (images, labels), generator)  # shared by both SAM passes
+            log_now = (step + 1) % cfg.train.log_every == 0 or step + 1 == total_steps
+            before = [p.detach().clone() for p in trainee.parameters()] if log_now else None
+            result = train_step(net, optimizer, batch, **step_options)
+            scheduler.step()  # a skipped step still counts: the lr follows the step
+            step += 1
+            meter.add(len(images) * d.world_size, time.perf_counter() - clock)
+            health.check(result, step, d)
+            if not result.skipped:
+                objective.after_step(model)
+
+            if log_now:
+                values = dict(epoch=step / steps_per_epoch, loss=result.loss, lr=optimizer.param_groups[0]["lr"],
+                              grad_norm=result.grad_norm, param_norm=parameter_norm(trainee),
+                              update_norm=global_norm(p.detach() - b for p, b in zip(trainee.parameters(), before)),
+                              images_per_s=meter.interval_rate(), skipped_steps=health.skipped)
+                if result.logits is not None:
+                    values["accuracy"] = (result.logits.argmax(-1) == labels).float().mean().item()
+                if scaler is not None:
+                    values["loss_scale"] = scaler.scale
+                log.write("train", step, **values)
+                progress.update(step, loss=result.loss, img_s=round(values["images_per_s"]))
+            if step % eval_every == 0 and step < total_steps:
+                for split, loader in eval_loaders.items():
+                    result_ = evaluate(model, loader, d.device, dtype, d)
+                    log.write("eval", step, epoch=step / steps_per_epoch, **{f"{split}_accuracy": result_.accuracy,
+                                                                             f"{split}_loss": result_.loss})
+            stop = bool(cfg.train.stop_after_steps and step >= cfg.train.stop_after_steps)
+            if distributed.all_agree(signals["stop"] or stop, d):
+                break
+            if step % checkpoint_every == 0 and step < total_steps:
+                save()
+            clock = time.perf_counter()  # evaluation and checkpoints are not training throughput
+        save()  # at the end, or where a stop was asked for
+        if step == total_steps:
+            finish(run_dir, cfg, model, eval_loaders, meter, step, step / steps_per_epoch, d, dtype, log)
+    return run_dir
 
 
-def build_model(args: dict) -> nn.Module:
-    return create_model(args["name"], num_classes=args["num_classes"], img_size=args["img_size"],
-                        in_chans=args["in_chans"], **args["overrides"])
+# --------------------------------------------------------------------------- pieces of the loop
+
+def batches(loader: Loader, step: int, total_steps: int, device) -> Iterator[tuple[int, int, tuple]]:
+    """(epoch, index in epoch, (images, labels) on ``device``) from global step ``step``
+    to ``total_steps``, across epoch boundaries."""
+    while step < total_steps:
+        epoch, first = divmod(step, len(loader))
+        for index, (images, labels) in enumerate(loader.iterate(epoch, first), first):
+            yield epoch, index, (images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
+            step += 1
+            if step == total_steps:
+                return
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: Loader, device: torch.device, autocast_dtype=None) -> dict:
-    """Top-1 accuracy and mean cross-entropy on a whole (un-augmented) split."""
-    was_training = model.training
-    model.eval()
-    correct, loss_sum, count = 0, 0.0, 0
-    for images, labels in loader.iterate(0):
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with autocast(device, autocast_dtype):
-            logits = model(images)
-        loss_sum += nn.functional.cross_entropy(logits.float(), labels, reduction="sum").item()
-        correct += (logits.argmax(-1) == labels).sum().item()
-        count += labels.numel()
-    model.train(was_training)
-    return {"accuracy": correct / max(count, 1), "loss": loss_sum / max(count, 1), "images": count}
+class Throughput:
+    """Training images per second, timing only the steps (data loading included;
+    evaluations and checkpoints not). The run's figure is the median over log intervals
+    after the first (warm-up), i.e. at steady state, as the paper's Table 2 reports."""
+
+    def __init__(self):
+        self.images = self.seconds = 0.0
+        self.rates: list[float] = []
+
+    def add(self, images: int, seconds: float) -> None:
+        self.images += images
+        self.seconds += seconds
+
+    def interval_rate(self) -> float:
+        rate = self.images / self.seconds if self.seconds > 0 else math.nan
+        self.rates.append(rate)
+        self.images = self.seconds = 0.0
+        return rate
+
+    def steady_rate(self) -> float:
+        rates = self.rates[1:] or self.rates
+        return statistics.median(rates) if rates else math.nan
 
 
-@contextmanager
-def autocast(device: torch.device, dtype):
-    if dtype is None:
-        yield
-    else:
-        with torch.autocast(device_type=device.type, dtype=dtype):
-            yield
+class Health:
+    """Non-finite losses and gradients. A step whose gradient is not finite was already
+    dropped before the update (``train_step`` reports it skipped); fp16 skips some while
+    its loss scale settles. ``train.on_nonfinite=stop`` stops at the first non-finite
+    step in fp32 / bf16; ``skip`` (and fp16) stop after ``max_skipped_steps`` in a row.
+    Every rank decides alike (their flags are combined)."""
+
+    def __init__(self, cfg: Config, loss_scaling: bool):
+        self.policy = "skip" if loss_scaling else cfg.train.on_nonfinite
+        self.limit = cfg.train.max_skipped_steps
+        self.skipped = 0        # steps skipped so far
+        self.in_a_row = 0
+
+    def check(self, result, step: int, d: distributed.Dist) -> None:
+        bad_loss = not math.isfinite(result.loss)
+        if not distributed.all_agree(bad_loss or result.skipped, d):
+            self.in_a_row = 0
+            return
+        self.skipped += 1
+        self.in_a_row += 1
+        what = f"the training loss ({result.loss})" if bad_loss else f"the gradient norm ({result.grad_norm})"
+        advice = ("the last good checkpoint is unchanged; lower optim.lr, set optim.grad_clip, or use "
+                  "train.on_nonfinite=skip to drop such steps")
+        if self.policy == "stop":
+            raise VitsamError(f"step {step}: {what} is not finite, so the run stops; {advice}")
+        if self.in_a_row >= self.limit:
+            raise VitsamError(f"step {step}: {self.in_a_row} steps in a row were skipped ({what} is not "
+                              f"finite; train.max_skipped_steps={self.limit}); {advice}")
 
 
 @contextmanager
@@ -125,123 +258,24 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# --------------------------------------------------------------------------- the loop
-
-def train(cfg: Config, out_dir: str | Path, resume: bool = False) -> Path:
-    """Train `cfg` into run directory `out_dir`; with `resume`, continue from its checkpoint."""
-    d = distributed.setup(cfg.train.device)
-    try:
-        return train_on(d, cfg, Path(out_dir), resume)
-    finally:
-        distributed.teardown(d)
+def check_batch_size(cfg: Config, d: distributed.Dist) -> None:
+    """Each rank takes batch_size / world_size images, in accumulation_steps micro-batches."""
+    k = cfg.train.accumulation_steps
+    if k < 1 or cfg.train.batch_size % (d.world_size * k):
+        raise VitsamError(f"train.batch_size={cfg.train.batch_size} must be a multiple of the world size "
+                          f"({d.world_size}) times train.accumulation_steps ({k}, at least 1)")
 
 
-def train_on(d: distributed.Dist, cfg: Config, run_dir: Path, resume: bool) -> Path:
-    check_batch_size(cfg, d)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    # torchrun restarts failed workers with the same arguments: continue, never start over.
-    resume = resume or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
-    prepare_run_dir(run_dir, cfg, resume, d)
-
-    torch.manual_seed(cfg.train.seed)
-    train_src, train_loader, test_loader = build_loaders(cfg, d)
-    args = model_arguments(cfg, train_src)
-    model = build_model(args).to(d.device)
-    optimizer = build_optimizer(model, cfg.optim, cfg.sam)
-    steps_per_epoch = len(train_loader)
-    total_steps = max(1, round(cfg.train.epochs * steps_per_epoch))
-    scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
-    scaler = loss_scaler(cfg.train.precision)  # fp16 only
-    step = 0
-    if resume and (run_dir / ckpt.CHECKPOINT).exists():
-        step = restore(run_dir, model, optimizer, scheduler, scaler, d.device)
-    if d.is_main:
-        ckpt.atomic_write_json(args, run_dir / "model.json")
-    log = MetricsLog(run_dir, enabled=d.is_main)
-    log.truncate_after(step)
-
-    net = DistributedDataParallel(model, device_ids=[d.device] if d.device.type == "cuda" else None) \
-        if d.enabled else model
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
-    dtype = AUTOCAST[cfg.train.precision]
-    step_options = dict(grad_clip=cfg.optim.grad_clip, autocast_dtype=dtype, scaler=scaler,
-                        accumulation_steps=cfg.train.accumulation_steps)
-    eval_every = max(1, round(cfg.train.eval_every_epochs * steps_per_epoch))
-    progress = Progress(total_steps, cfg.name or cfg.model.name, enabled=cfg.train.progress and d.is_main)
-
-    def save():
-        if d.is_main:
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "rng": rng_state(), "step": step,
-                     "config": cfg.to_dict()}
-            if scaler is not None:
-                state["scaler"] = scaler.state_dict()
-            ckpt.atomic_torch_save(state, run_dir / ckpt.CHECKPOINT)
-        distributed.barrier(d)
-
-    def run_eval():
-        if d.is_main:
-            result = evaluate(model, test_loader, d.device, dtype)
-            log.write("eval", step, epoch=step / steps_per_epoch, test_accuracy=result["accuracy"],
-                      test_loss=result["loss"])
-            return result
-        return None
-
-    net.train()
-    seen, skipped, clock = 0, 0, time.perf_counter()
-    with stop_on_signals() as signals:
-        while step < total_steps:
-            epoch, start = divmod(step, steps_per_epoch)
-            for images, labels in train_loader.iterate(epoch, start):
-                images, labels = images.to(d.device, non_blocking=True), labels.to(d.device, non_blocking=True)
-                log_now = (step + 1) % cfg.train.log_every == 0 or step + 1 == total_steps
-                before = [p.detach().clone() for p in model.parameters()] if log_now else None
-                result = train_step(net, optimizer, loss_fn, images, labels, **step_options)
-                scheduler.step()  # a skipped (fp16 overflow) step still counts: lr follows the step
-                step += 1
-                seen += labels.numel() * d.world_size
-                skipped += result.skipped
-                if log_now:
-                    elapsed = time.perf_counter() - clock
-                    update = global_norm(p.detach() - b for p, b in zip(model.parameters(), before))
-                    accuracy = (result.logits.argmax(-1) == labels).float().mean().item()
-                    fp16 = {"loss_scale": scaler.scale, "skipped_steps": skipped} if scaler else {}
-                    log.write("train", step, epoch=step / steps_per_epoch, loss=result.loss,
-                              accuracy=accuracy, lr=optimizer.param_groups[0]["lr"],
-                              grad_norm=result.grad_norm, param_norm=parameter_norm(model),
-                              update_norm=update, images_per_s=seen / elapsed, **fp16)
-                    progress.update(step, loss=result.loss, acc=accuracy, img_s=round(seen / elapsed))
-                    seen, clock = 0, time.perf_counter()
-                if step % eval_every == 0 and step < total_steps:
-                    run_eval()
-                    clock = time.perf_counter()  # evaluation is not training throughput
-                stop = cfg.train.stop_after_steps and step >= cfg.train.stop_after_steps
-                if distributed.all_agree(bool(signals["stop"] or stop), d):
-                    save()
-                    progress.close()
-                    return run_dir
-                if step >= total_steps:
-                    break
-                if (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0) or \
-                        step % steps_per_epoch == 0:
-                    save()
-    save()  # the final checkpoint, written once
-    progress.close()
-    final = run_eval()
-    if d.is_main:
-        finish(run_dir, model, final, step)
-    return run_dir
-
+# --------------------------------------------------------------------------- run directory
 
 # Keys that say how to run, not what to train: they may change when a run is resumed.
 RUNTIME_KEYS = {"train.stop_after_steps", "train.progress", "train.device", "train.threads",
-                "train.eval_batch_size", "data.data_dir", "data.num_workers"}
+                "train.eval_batch_size", "data.data_dir", "data.num_workers", "evals"}
 
 
 def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, d: distributed.Dist) -> None:
@@ -251,7 +285,8 @@ def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, d: distributed.Dis
                           f"or choose another --out")
     if resume and has_checkpoint:
         new, saved = flatten(cfg.to_dict()), flatten(config_lib.load(run_dir / "config.json").to_dict())
-        changed = sorted(k for k in new if k not in RUNTIME_KEYS and new[k] != saved.get(k))
+        changed = sorted(k for k in new if k.split(".")[0] not in RUNTIME_KEYS and k not in RUNTIME_KEYS
+                         and new[k] != saved.get(k))
         if changed:
             raise VitsamError(f"cannot resume {str(run_dir)!r} with a different config (changed: "
                               f"{', '.join(changed)}); resume with the saved config.json")
@@ -271,23 +306,30 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def restore(run_dir: Path, model, optimizer, scheduler, scaler, device) -> int:
-    state = ckpt.load_checkpoint(run_dir / ckpt.CHECKPOINT, map_location=device)
-    model.load_state_dict(state["model"])
+def restore(run_dir: Path, trainee: TrainingModule, optimizer, scheduler, scaler, d: distributed.Dist) -> int:
+    state = ckpt.load_checkpoint(run_dir / ckpt.CHECKPOINT, map_location=d.device)
+    trainee.model.load_state_dict(state["model"])
+    trainee.objective.load_state_dict(state.get("objective", {}))
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if scaler is not None:
         scaler.load_state_dict(state["scaler"])
-    state["rng"]["torch"] = state["rng"]["torch"].cpu()
-    set_rng_state(state["rng"])
+    states = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+    if len(states) == d.world_size:  # the same world size: each rank continues its own stream
+        set_rng_state(states[d.rank])
     return int(state["step"])
 
 
-def finish(run_dir: Path, model: nn.Module, final: dict, step: int) -> None:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-               if '"kind": "train"' in line]
-    rates = [r["images_per_s"] for r in records[1:]] or [r["images_per_s"] for r in records]
-    summary = {"test_accuracy": final["accuracy"], "test_loss": final["loss"], "test_images": final["images"],
-               "steps": step, "parameters": sum(p.numel() for p in model.parameters()),
-               "train_images_per_s": float(sorted(rates)[len(rates) // 2]) if rates else math.nan}
-    ckpt.atomic_write_json(summary, run_dir / "eval.json")
+def finish(run_dir: Path, cfg: Config, model, eval_loaders: dict, meter: Throughput, step: int, epoch: float,
+           d: distributed.Dist, dtype, log: MetricsLog) -> None:
+    """The final evaluation of every split: eval.json (summary), predictions.npz (the
+    per-image predictions, for paired comparisons between runs) and the metrics log."""
+    accuracies, predictions = evaluate_splits(model, eval_loaders, d.device, dtype, d)
+    log.write("eval", step, epoch=epoch, **{k: v for k, v in accuracies.items() if not k.endswith("_images")})
+    summary = {**accuracies, "steps": step, "parameters": sum(p.numel() for p in model.parameters()),
+               "train_images_per_s": meter.steady_rate(),
+               "train_images_per_s_per_device": meter.steady_rate() / d.world_size,
+               "batch_size": cfg.train.batch_size, "precision": cfg.train.precision,
+               "devices": d.world_size, "device_type": d.device.type}
+    if d.is_main:
+        ckpt.write_evaluation(run_dir, summary, predictions)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -9,43 +10,60 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vitsam.jsonfile import dumps
+
 
 class MetricsLog:
-    """Append-only JSON lines, one object per record; TensorBoard too when installed."""
+    """Append-only strict JSON lines, one object per record; TensorBoard events too when
+    tensorboard is installed. A context manager: the file and the event writer are
+    flushed and closed on exit, also when training stops with an error.
 
-    def __init__(self, run_dir: Path, enabled: bool = True):
-        self.enabled = enabled
-        self.path = Path(run_dir) / "metrics.jsonl"
-        self.tb = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
-            except Exception:  # the tensorboard extra is optional
-                self.tb = None
+    ``keep_until``: on resume, records written after the checkpoint's step are dropped
+    (they will be written again), so a resumed run's log has no duplicates."""
 
-    def write(self, kind: str, step: int, **values) -> None:
+    def __init__(self, run_dir: Path, enabled: bool = True, keep_until: int | None = None):
+        self.enabled, self.run_dir = enabled, Path(run_dir)
+        self.path = self.run_dir / "metrics.jsonl"
+        self.keep_until = keep_until
+        self.file = self.tb = None
+
+    def __enter__(self) -> "MetricsLog":
         if not self.enabled:
-            return
-        record = {"kind": kind, "step": step, "time": round(time.time(), 3), **values}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            for key, value in values.items():
-                if isinstance(value, (int, float)):
-                    self.tb.add_scalar(f"{kind}/{key}", value, step)
+            return self
+        if self.keep_until is not None and self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= self.keep_until]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        self.file = open(self.path, "a")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+        except ImportError:  # the tensorboard extra is optional
+            self.tb = None
+        return self
 
-    def truncate_after(self, step: int) -> None:
-        """On resume, drop records written after the checkpoint (they will be written again)."""
-        if not (self.enabled and self.path.exists()):
-            return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
-
-    def close(self) -> None:
+    def __exit__(self, *exc) -> None:
+        if self.file is not None:
+            self.file.close()
         if self.tb is not None:
             self.tb.close()
+        self.file = self.tb = None
+
+    def write(self, kind: str, step: int, **values) -> None:
+        if self.file is None:
+            return
+        record = {"kind": kind, "step": step, "time": round(time.time(), 3), **values}
+        self.file.write(dumps(record, indent=None) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self.tb.add_scalar(f"{kind}/{key}", value, step)
+
+    def figure(self, tag: str, fig, step: int) -> None:
+        """A matplotlib figure in the TensorBoard events (no-op without tensorboard)."""
+        if self.tb is not None:
+            self.tb.add_figure(tag, fig, step, close=False)
 
 
 def read_metrics(run_dir: Path, kind: str | None = None) -> list[dict]:
@@ -73,6 +91,12 @@ class Progress:
     def __init__(self, total: int, label: str, enabled: bool = True, every: int = 50):
         self.total, self.label, self.enabled, self.every = total, label, enabled, every
         self.tty = sys.stderr.isatty()
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def update(self, step: int, **fields) -> None:
         if not self.enabled or not (self.tty or step % self.every == 0 or step == self.total):

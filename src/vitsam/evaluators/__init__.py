@@ -1,0 +1,1 @@
+"""Everything that measures a model, under one protocol (see ``protocol``)."""
