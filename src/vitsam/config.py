@@ -31,6 +31,7 @@ Perturbation = Literal["per_rank", "global"]
 ObjectiveName = Literal["classification", "adversarial", "contrastive"]
 OnNonFinite = Literal["stop", "skip"]
 AttackNorm = Literal["linf", "l2"]
+Trainable = Literal["all", "head"]
 
 
 @dataclass
@@ -39,6 +40,8 @@ class ModelConfig:
     overrides: dict = field(default_factory=dict)  # keyword overrides for create_model
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
+    init_from: str = ""              # start from these weights (a run directory or a weights file):
+                                     # transfer / fine-tuning; a head of another class count is new
 
 
 @dataclass
@@ -118,6 +121,7 @@ class TrainConfig:
     batch_size: int = 128
     eval_batch_size: int = 512
     objective: ObjectiveName = "classification"
+    trainable: Trainable = "all"     # "head": a linear probe (everything but the head frozen)
     label_smoothing: float = 0.0
     precision: Precision = "fp32"    # fp16 uses a gradient scaler
     accumulation_steps: int = 1      # micro-batches per optimizer step (batch_size is the whole batch)
