@@ -1,7 +1,8 @@
 """Building blocks shared by the ViT and Mixer families: MLP, attention, stochastic depth, init.
 
 Randomness (dropout, drop-path) draws from torch's global RNG only, so a SAM step can
-replay the RNG state and give both of its passes the same masks (PAPER.md, pitfall 5).
+replay the RNG state and give both of its passes the same masks (both SAM passes must
+see one dropout draw, or the ascent direction belongs to another network).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitsam.errors import VitsamError
+from vitsam.errors import VitsamError, unknown_choice
 from vitsam.models.base import ActivationProbe, AttentionProbe
 
 
@@ -53,16 +54,28 @@ def drop_path_rates(max_rate: float, depth: int) -> list[float]:
     return [max_rate * i / max(depth - 1, 1) for i in range(depth)]
 
 
+# GELU forms: the authors' flax models call ``flax.linen.gelu``, whose default is the tanh
+# approximation (jax.nn.gelu(approximate=True)); timm and torch default to the exact erf form.
+GELU_FORMS = {"tanh": "tanh", "exact": "none"}
+
+
+def gelu(form: str) -> nn.GELU:
+    if form not in GELU_FORMS:
+        raise unknown_choice("gelu form", form, GELU_FORMS)
+    return nn.GELU(approximate=GELU_FORMS[form])
+
+
 class Mlp(nn.Module):
     """Linear -> GELU -> probe -> dropout -> Linear -> dropout, on the last axis.
 
     The ActivationProbe sees the post-GELU hidden units: the paper's activation
-    sparsity analysis counts the positive ones per block (PAPER.md, "Analysis methods")."""
+    sparsity analysis counts the positive ones per block ("sparser active neurons in the
+    first few layers", Chen et al. 2022)."""
 
-    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0):
+    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0, gelu_form: str = "tanh"):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = nn.GELU()
+        self.act = gelu(gelu_form)
         self.probe = ActivationProbe()
         self.drop1 = nn.Dropout(drop)
         self.fc2 = nn.Linear(hidden_dim, dim)

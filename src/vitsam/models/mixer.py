@@ -1,10 +1,16 @@
-"""MLP-Mixer (Tolstikhin et al. 2021) as trained in the paper (PAPER.md, "Models").
+"""MLP-Mixer (Tolstikhin et al. 2021) as trained in the paper (its model table: Mixer-S and
+Mixer-B at patch sizes 32, 16, 8).
 
 A per-patch linear embedding (a strided conv), then blocks of
 LayerNorm -> token-mixing MLP (across patches, shared over channels) and
 LayerNorm -> channel-mixing MLP (across channels, shared over patches), each
 residual; a final LayerNorm, global average pooling over patches and a linear
-head. Initialization follows big_vision: xavier-uniform dense kernels, zero head.
+head. This is the authors' flax module (google-research/vision_transformer,
+``vit_jax/models_mixer.py`` at commit c6de1e5378c9831a8477feb30994971bdc409e46):
+LayerNorm epsilon 1e-6, GELU in flax's tanh approximation (``gelu="exact"`` for
+timm's form), inputs scaled to [-1, 1]; their module has no dropout, ours adds
+optional dropout / drop-path (off by default). Initialization follows big_vision:
+xavier-uniform dense kernels, zero head.
 """
 from __future__ import annotations
 
@@ -17,12 +23,12 @@ from vitsam.models.layers import DropPath, Mlp, PatchEmbed, check_image_size, dr
 
 class MixerBlock(nn.Module):
     def __init__(self, num_tokens: int, dim: int, tokens_mlp_dim: int, channels_mlp_dim: int,
-                 drop: float = 0.0, drop_path: float = 0.0):
+                 drop: float = 0.0, drop_path: float = 0.0, gelu: str = "tanh"):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.token_mixing = Mlp(num_tokens, tokens_mlp_dim, drop=drop)
+        self.token_mixing = Mlp(num_tokens, tokens_mlp_dim, drop=drop, gelu_form=gelu)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.channel_mixing = Mlp(dim, channels_mlp_dim, drop=drop)
+        self.channel_mixing = Mlp(dim, channels_mlp_dim, drop=drop, gelu_form=gelu)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -38,7 +44,7 @@ class MlpMixer(VisionModel):
     def __init__(self, num_classes: int = 1000, img_size: int = 224, in_chans: int = 3,
                  patch_size: int = 16, width: int = 512, depth: int = 8,
                  tokens_mlp_dim: int = 256, channels_mlp_dim: int = 2048,
-                 drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, gelu: str = "tanh",
                  mean: float | tuple = 0.5, std: float | tuple = 0.5):
         super().__init__(num_classes, in_chans, img_size, mean, std)
         self.patch_size = patch_size
@@ -46,7 +52,7 @@ class MlpMixer(VisionModel):
         num_tokens = self.patch_embed.num_tokens
         rates = drop_path_rates(drop_path_rate, depth)
         self.blocks = nn.ModuleList(
-            MixerBlock(num_tokens, width, tokens_mlp_dim, channels_mlp_dim, drop_rate, rate)
+            MixerBlock(num_tokens, width, tokens_mlp_dim, channels_mlp_dim, drop_rate, rate, gelu)
             for rate in rates)
         self.norm = nn.LayerNorm(width, eps=1e-6)
         self.head = nn.Linear(width, num_classes)

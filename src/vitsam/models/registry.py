@@ -1,8 +1,11 @@
 """Models by name (timm style): ``create_model("vit_s16", num_classes=10, img_size=32)``.
 
+``timm/<name>`` builds a timm model behind the same contract when timm is installed
+(``vitsam.models.timm_adapter``); ``list_models`` lists only our own.
+
 Each registered function names a model class and returns that model's defaults; any
 constructor argument of the class can be overridden through ``create_model`` keywords.
-The paper's configurations (PAPER.md, "Models") are registered with their ImageNet
+The paper's configurations (its model table) are registered with their ImageNet
 sizes; the ``*_tiny`` variants are sized for 28x28 Fashion-MNIST on a laptop CPU.
 """
 from __future__ import annotations
@@ -39,8 +42,28 @@ def register_model(cls: type[VisionModel]):
     return wrap
 
 
+TIMM_PREFIX = "timm/"
+
+
 def list_models() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def is_model_name(name: str) -> bool:
+    """A registered name or ``timm/<name>`` (checked against timm when the model is built)."""
+    return name in _REGISTRY or (name.startswith(TIMM_PREFIX) and len(name) > len(TIMM_PREFIX))
+
+
+def _unknown(name: str) -> VitsamError:
+    err = unknown_choice("model", name, _REGISTRY)
+    return VitsamError(f"{err}; or {TIMM_PREFIX}<name> for a timm model")
+
+
+def model_class(name: str) -> type[VisionModel]:
+    """The class a registered name builds."""
+    if name not in _REGISTRY:
+        raise _unknown(name)
+    return _REGISTRY[name].cls
 
 
 def create_model(name: str, num_classes: int | None = None, img_size: int | None = None,
@@ -48,10 +71,15 @@ def create_model(name: str, num_classes: int | None = None, img_size: int | None
     """Build a registered model. ``num_classes`` / ``img_size`` / ``in_chans`` left at None
     take the model's defaults: 1000 / 224 / 3 for the paper's models, 10 / 28 / 1 for
     the tiny ones. Other keywords override constructor arguments (``drop_path_rate``,
-    ``patch_size``, ``depth``, ...); unknown ones are rejected with the valid list."""
-    if name not in _REGISTRY:
-        raise unknown_choice("model", name, _REGISTRY)
-    entry = _REGISTRY[name]
+    ``patch_size``, ``depth``, ...); unknown ones are rejected with the valid list.
+    ``timm/<name>`` hands them to ``timm.create_model``."""
+    if name.startswith(TIMM_PREFIX):
+        from vitsam.models.timm_adapter import create_timm_model
+
+        return create_timm_model(name[len(TIMM_PREFIX):], num_classes, img_size, in_chans, **overrides)
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        raise _unknown(name)
     valid = entry.keywords()
     for key in overrides:
         if key not in valid:
@@ -65,7 +93,7 @@ def create_model(name: str, num_classes: int | None = None, img_size: int | None
 
 
 # --------------------------------------------------------------------------- the paper's models
-# PAPER.md table; parameter counts at 224 px, 1000 classes, in the docstrings.
+# The paper's model table; parameter counts at 224 px, 1000 classes, in the docstrings.
 
 def _vit_s(patch_size: int) -> dict:
     return dict(patch_size=patch_size, width=384, depth=12, num_heads=6, mlp_dim=1536)
