@@ -111,11 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_demo)
 
-    from vitsam.analysis.runner import add_cli as add_analysis_cli
+    from vitsam.evaluators.cli import add_cli as add_evaluator_cli
     from vitsam.robustness.runner import add_cli as add_robust_cli
 
-    add_analysis_cli(sub)
+    from vitsam.models.weights import add_cli as add_weights_cli
+
+    add_evaluator_cli(sub)
     add_robust_cli(sub)
+    add_weights_cli(sub)
     return parser
 
 

@@ -72,3 +72,34 @@ def evaluate_splits(model: nn.Module, loaders: dict, device: torch.device, autoc
                         f"{split}_images": result.images})
         predictions.update({f"{split}_predicted": result.predicted, f"{split}_labels": result.labels})
     return summary, predictions
+
+
+@dataclass
+class AccuracyOptions:
+    """Top-1 accuracy of a split with a 95% Wilson interval; keeps the per-image
+    predictions for paired comparisons between runs."""
+    split: str = "test"            # test | val | train (un-augmented)
+    examples: int = 0              # 0: the whole split; else a class-stratified sample
+
+
+def _run_accuracy(model, data, options: AccuracyOptions):
+    from vitsam.evaluators.protocol import Result
+    from vitsam.stats import accuracy_interval
+
+    loader = data.loader(options.split, options.examples or None, data.batch_size)
+    result = evaluate(model, loader, data.device, keep_predictions=True)
+    interval = accuracy_interval(int((result.predicted == result.labels).sum()), result.images)
+    metrics = {"split": options.split, "accuracy": result.accuracy, "loss": result.loss, "images": result.images,
+               "interval": [interval.low, interval.high]}
+    return Result(metrics, arrays={"predicted": result.predicted, "labels": result.labels})
+
+
+def _register() -> None:
+    from vitsam.evaluators.protocol import register
+
+    register("accuracy", AccuracyOptions, section="training",
+             summary=lambda r: f"{r['split']} accuracy {r['accuracy']:.4f} "
+                               f"[{r['interval'][0]:.4f}, {r['interval'][1]:.4f}] on {r['images']} images")(_run_accuracy)
+
+
+_register()

@@ -130,18 +130,11 @@ def load_run(run_dir: str | Path, map_location="cpu") -> LoadedRun:
     model = build_model(args)
     if (run_dir / CHECKPOINT).is_file() or not (run_dir / WEIGHTS).is_file():
         state = load_checkpoint(run_dir / CHECKPOINT, map_location)
-        weights, step = state["model"], int(state["step"])
+        model.load_state_dict(state["model"])
+        step = int(state["step"])
     else:
-        weights, step = load_safetensors(run_dir / WEIGHTS), 0
-    model.load_state_dict(weights)
+        from vitsam.models.weights import load_weights
+
+        load_weights(model, run_dir / WEIGHTS)
+        step = 0
     return LoadedRun(run_dir, cfg, model.eval().to(map_location), step)
-
-
-def load_safetensors(path: Path) -> dict:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise VitsamError(f"weights file {str(path)!r} cannot be read ({err})") from None

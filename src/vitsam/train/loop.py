@@ -42,11 +42,14 @@ from vitsam.data import Loader, seeded_generator
 from vitsam.data.build import build_source, eval_loader
 from vitsam.errors import VitsamError
 from vitsam.evaluators.accuracy import evaluate, evaluate_splits
+from vitsam.evaluators.protocol import TrainingEvals
+from vitsam.models.weights import save_weights
 from vitsam.optim import build_optimizer, build_scheduler
 from vitsam.train import checkpoint as ckpt
 from vitsam.train import distributed
 from vitsam.train.checkpoint import build_model, model_arguments
-from vitsam.train.metrics import MetricsLog, Progress, global_norm, parameter_norm
+from vitsam.progress import Progress
+from vitsam.train.metrics import MetricsLog, global_norm, parameter_norm
 from vitsam.train.objectives import TrainingModule, build_objective
 from vitsam.train.precision import AUTOCAST, loss_scaler
 from vitsam.train.step import train_step
@@ -107,6 +110,7 @@ def train_on(d: distributed.Dist, cfg: Config, run_dir: Path, resume: bool) -> P
     eval_every = max(1, round(cfg.train.eval_every_epochs * steps_per_epoch))
     checkpoint_every = cfg.train.checkpoint_every or steps_per_epoch
     health = Health(cfg, scaler is not None)
+    scheduled = TrainingEvals(cfg, steps_per_epoch, d.device) if cfg.evals else None
     meter = Throughput()
 
     def save() -> None:
@@ -122,7 +126,8 @@ def train_on(d: distributed.Dist, cfg: Config, run_dir: Path, resume: bool) -> P
     # ------------------------------------------------------------------ the loop
     net.train()
     with MetricsLog(run_dir, enabled=d.is_main, keep_until=step) as log, \
-            Progress(total_steps, cfg.name or cfg.model.name, enabled=cfg.train.progress and d.is_main) as progress, \
+            Progress(total_steps, cfg.name or cfg.model.name, unit="steps",
+                     enabled=cfg.train.progress and d.is_main) as progress, \
             stop_on_signals() as signals:
         clock = time.perf_counter()
         for epoch, index, (images, labels) in batches(train_loader, step, total_steps, d.device):
@@ -149,11 +154,15 @@ def train_on(d: distributed.Dist, cfg: Config, run_dir: Path, resume: bool) -> P
                     values["loss_scale"] = scaler.scale
                 log.write("train", step, **values)
                 progress.update(step, loss=result.loss, img_s=round(values["images_per_s"]))
+            else:
+                progress.update(step)
             if step % eval_every == 0 and step < total_steps:
                 for split, loader in eval_loaders.items():
-                    result_ = evaluate(model, loader, d.device, dtype, d)
-                    log.write("eval", step, epoch=step / steps_per_epoch, **{f"{split}_accuracy": result_.accuracy,
-                                                                             f"{split}_loss": result_.loss})
+                    measured = evaluate(model, loader, d.device, dtype, d)
+                    log.write("eval", step, epoch=step / steps_per_epoch, **{f"{split}_accuracy": measured.accuracy,
+                                                                             f"{split}_loss": measured.loss})
+            if scheduled is not None and d.is_main:
+                scheduled.run(model, step, log)
             stop = bool(cfg.train.stop_after_steps and step >= cfg.train.stop_after_steps)
             if distributed.all_agree(signals["stop"] or stop, d):
                 break
@@ -333,3 +342,4 @@ def finish(run_dir: Path, cfg: Config, model, eval_loaders: dict, meter: Through
                "devices": d.world_size, "device_type": d.device.type}
     if d.is_main:
         ckpt.write_evaluation(run_dir, summary, predictions)
+        save_weights(model, run_dir / ckpt.WEIGHTS)  # the final weights alone, no pickle

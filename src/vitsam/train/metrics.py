@@ -1,9 +1,8 @@
-"""What a run writes while it trains: metrics.jsonl, TensorBoard events (optional), a progress line."""
+"""What a run writes while it trains: metrics.jsonl and TensorBoard events (optional)."""
 from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -83,31 +82,3 @@ def global_norm(tensors) -> float:
 
 def parameter_norm(model: nn.Module) -> float:
     return global_norm(p for p in model.parameters())
-
-
-class Progress:
-    """One self-overwriting line on a terminal, a plain line every `every` updates otherwise."""
-
-    def __init__(self, total: int, label: str, enabled: bool = True, every: int = 50):
-        self.total, self.label, self.enabled, self.every = total, label, enabled, every
-        self.tty = sys.stderr.isatty()
-
-    def __enter__(self) -> "Progress":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def update(self, step: int, **fields) -> None:
-        if not self.enabled or not (self.tty or step % self.every == 0 or step == self.total):
-            return
-        width = 24
-        done = int(width * step / max(self.total, 1))
-        text = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items())
-        line = f"{self.label} [{'#' * done}{'.' * (width - done)}] {step}/{self.total} {text}"
-        sys.stderr.write(("\r" + line + "\033[K") if self.tty else line + "\n")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled and self.tty:
-            sys.stderr.write("\n")
