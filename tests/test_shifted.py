@@ -224,28 +224,26 @@ def make_run(root, rho, seed):
     return root
 
 
-def test_runner_cli_and_report(tmp_path, capsys):
+def test_robust_cli_cache_and_report(tmp_path, capsys):
+    from vitsam.cli import main
+    from vitsam.evaluators.protocol import evaluate_run, find_result
     from vitsam.robustness.report import robustness_section
-    from vitsam.robustness.runner import add_cli, run_robustness
 
     vanilla, sam = make_run(tmp_path / "vanilla", 0.0, 0), make_run(tmp_path / "sam", 0.1, 1)
-    parser = argparse.ArgumentParser()
-    add_cli(parser.add_subparsers())
     for run in (vanilla, sam):
-        args = parser.parse_args(["robust", str(run), "--corruptions", "contrast", "fog", "--severities", "1,5",
-                                  "--pgd", "1/255,4/255", "--pgd-steps", "2", "--max-images", "20"])
-        assert args.func(args) == 0
+        assert main(["robust", str(run), "--corruptions", "contrast", "fog", "--severities", "1,5",
+                     "--pgd", "1/255,4/255", "--pgd-steps", "2", "--images", "20", "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
-    assert "mean corrupted accuracy" in printed and "pgd_linf" in printed
-    stored = json.loads((vanilla / "robustness" / "corruptions.json").read_text())
-    assert set(stored["accuracy"]) == {"contrast", "fog"} and stored["num_images"] == 20
-    assert stored["settings"]["step"] == 7
-    # same settings: reused, not recomputed; force recomputes
-    (vanilla / "robustness" / "corruptions.json").write_text(json.dumps({**stored, "marker": 1}))
-    again = run_robustness(vanilla, ["contrast", "fog"], [], severities=[1, 5], max_images=20)
-    assert again["corruptions"]["marker"] == 1
-    forced = run_robustness(vanilla, ["contrast", "fog"], [], severities=[1, 5], max_images=20, force=True)
-    assert "marker" not in forced["corruptions"]
+    assert "corruptions: clean" in printed and "PGD-2 L-inf on 20 images" in printed
+    stored = find_result(vanilla, "corruptions")
+    assert set(stored["accuracy"]) == {"contrast", "fog"} and stored["num_images"] == 20 and stored["step"] == 7
+    # the same options on the same weights: reused, not recomputed; --force recomputes
+    options = {"corruptions": {"names": ("contrast", "fog"), "severities": (1, 5), "images": 20}}
+    messages = []
+    again = evaluate_run(vanilla, ["corruptions"], options, device="cpu", log=messages.append)
+    assert again["corruptions"]["finished"] == stored["finished"] and "reusing" in messages[0]
+    forced = evaluate_run(vanilla, ["corruptions"], options, force=True, device="cpu", log=messages.append)
+    assert "reusing" not in messages[-1] and forced["corruptions"]["accuracy"] == stored["accuracy"]
     section = robustness_section([("vit vanilla", vanilla), ("vit SAM", sam)])
     html = section.to_html()
     assert "SAM minus vanilla" in html and html.count("<img") == 2 and "4/255" in html

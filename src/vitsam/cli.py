@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     from vitsam.evaluators.cli import add_cli as add_evaluator_cli
-    from vitsam.robustness.runner import add_cli as add_robust_cli
+    from vitsam.evaluators.robustness import add_cli as add_robust_cli
 
     from vitsam.models.weights import add_cli as add_weights_cli
 

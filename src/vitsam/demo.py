@@ -146,12 +146,12 @@ def labelled(runs: list[DemoRun]) -> list[tuple[str, Path]]:
 
 def robustness_stage(runs: list[DemoRun]) -> html.Section:
     """Corrupted (19 corruptions x 5 severities) and PGD accuracy on a test subset."""
+    from vitsam.evaluators.protocol import evaluate_run
     from vitsam.robustness.report import robustness_section
-    from vitsam.robustness.runner import DEMO_MAX_IMAGES, run_robustness
 
     for run in runs:
-        print(f"[demo] {run.key}: robustness")
-        run_robustness(run.run_dir, max_images=DEMO_MAX_IMAGES, device=str(run_device(run)))
+        evaluate_run(run.run_dir, ["corruptions", "attack"], device=str(run_device(run)),
+                     log=lambda text: print(f"[demo] {text}"))
     return robustness_section(labelled(runs))
 
 

@@ -71,7 +71,7 @@ def register(name: str, options: type, section: str, summary: Callable[[dict], s
 
 def evaluators() -> dict[str, Evaluator]:
     """Every registered evaluator (importing the modules that register them)."""
-    from vitsam.evaluators import accuracy, geometry  # noqa: F401  (registration)
+    from vitsam.evaluators import accuracy, geometry, robustness  # noqa: F401  (registration)
     return EVALUATORS
 
 

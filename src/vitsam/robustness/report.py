@@ -18,9 +18,7 @@ import numpy as np
 from vitsam.report.html import Section, figure, paragraph, table
 from vitsam.robustness.correctness import correct_vector, corruption_scores, paired_gain, same_images
 from vitsam.robustness.evaluate import comparable_with_imagenet_c
-from vitsam.robustness.runner import results_dir
 
-ADVERSARIAL = ("pgd", "apgd")
 MEANS = (("imagenet_c_15", "ImageNet-C mean (15)"), ("all_19", "mean of 19"))
 
 
@@ -45,16 +43,11 @@ def _pairs(runs):
 
 
 def load_results(run_dir: Path) -> dict:
-    """{"corruptions": the on-the-fly result or None, "adversarial": [attack results]}."""
-    folder = results_dir(run_dir)
-    found = {"corruptions": None, "adversarial": []}
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        result = json.loads(path.read_text())
-        if result.get("kind") in ADVERSARIAL:
-            found["adversarial"].append(result)
-        elif path.stem == "corruptions":
-            found["corruptions"] = result
-    return found
+    """{"corruptions": the on-the-fly result or None, "adversarial": [attack results]}
+    of the run's newest weights (``vitsam.evaluators`` saved them)."""
+    from vitsam.evaluators.protocol import find_result, find_results
+
+    return {"corruptions": find_result(run_dir, "corruptions"), "adversarial": find_results(run_dir, "attack")}
 
 
 def attack_name(result: dict) -> str:
