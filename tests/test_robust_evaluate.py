@@ -209,10 +209,12 @@ def attack_result(correct: np.ndarray, digest="abc", clean=None) -> dict:
 
 
 def write_run(root, rho, result):
-    (root / "robustness").mkdir(parents=True)
+    """A run directory holding one attack result where the evaluator protocol keeps it."""
+    (root / "results" / "attack").mkdir(parents=True)
     (root / "config.json").write_text(json.dumps({"model": {"name": "vit_tiny"}, "data": {"dataset": "x"},
                                                   "sam": {"rho": rho}}))
-    (root / "robustness" / "pgd_linf.json").write_text(json.dumps(result))
+    record = {"evaluator": "attack", "key": "k", "weights": "w", "step": 1, **result}
+    (root / "results" / "attack" / "k.json").write_text(json.dumps(record))
     return root
 
 
