@@ -21,7 +21,7 @@ def test_wilson_interval_matches_the_closed_form():
 
 def test_wilson_interval_stays_inside_unit_range_at_the_edges():
     est = stats.accuracy_interval(10, 10)
-    assert est.high == pytest.approx(1.0) and est.high <= 1.0 and 0.6 < est.low < 1.0
+    assert est.high == 1.0 and 0.6 < est.low < 1.0 and stats.accuracy_interval(0, 10).low == 0.0
 
 
 def test_wilson_interval_covers_the_truth_about_95_percent():
@@ -81,3 +81,33 @@ def test_seed_interval_uses_student_t():
 def test_scaled_estimate_keeps_the_interval_ordered():
     est = stats.Estimate(0.1, 0.05, 0.2, 10).scaled(-100)
     assert (est.value, est.low, est.high) == (-10.0, -20.0, -5.0)
+
+
+def test_scores_in_unit_range_are_resampled_by_image():
+    # 3 corrupted copies per image: the share right per image is the unit resampled
+    a = np.array([1, 2 / 3, 1 / 3, 0, 1] * 40)
+    b = np.minimum(a + 1 / 3, 1.0)
+    est = stats.paired_difference(a, b)
+    assert est.value == pytest.approx(float((b - a).mean())) and est.excludes_zero()
+    with pytest.raises(VitsamError, match=r"\[0, 1\]"):
+        stats.paired_difference([0.5, 2.0], [0.5, 0.5])
+
+
+def test_joint_resampling_of_four_vectors_on_the_same_images_is_tighter():
+    rng = np.random.default_rng(2)
+    hard = rng.random(3000) < 0.3                          # images every model gets wrong
+    a1 = ~hard & (rng.random(3000) < 0.90)
+    b1 = ~hard & (rng.random(3000) < 0.95)
+    a2, b2 = a1.copy(), b1.copy()
+    b2[:30] = ~b2[:30]
+    joint = stats.difference_of_differences((a1, b1), (a2, b2), same_images=True)
+    apart = stats.difference_of_differences((a1, b1), (a2, b2))
+    assert joint.value == pytest.approx(apart.value)
+    assert joint.high - joint.low < apart.high - apart.low
+
+
+def test_bootstrap_is_drawn_in_chunks_with_the_same_result_for_a_seed():
+    a = np.arange(1000) % 3 == 0
+    b = np.arange(1000) % 2 == 0
+    assert stats.paired_difference(a, b, seed=5) == stats.paired_difference(a, b, seed=5)
+    assert stats.paired_difference(a, b, samples=250).n == 1000

@@ -11,8 +11,10 @@ computed from one (never written by hand):
   "SAM helps ViT more than ResNet", each pair resampled on its own images;
 - ``seed_interval``: mean and Student-t interval over seeds (runs that differ only in seed).
 
-Correctness vectors are boolean (or 0/1) arrays, one entry per test image, in the same
-image order for the two models being compared.
+Per-image vectors are correctness (boolean or 0/1) or, more generally, scores in [0, 1]
+(e.g. the share of an image's corrupted copies classified right: copies of one image are
+not independent, so the image is the unit resampled), one entry per test image, in the
+same image order for the models being compared.
 """
 from __future__ import annotations
 
@@ -55,11 +57,17 @@ class Estimate:
         return Estimate(self.value * factor, low, high, self.n)
 
 
-def _as_bool(correct, name: str) -> np.ndarray:
-    array = np.asarray(correct)
+BOOTSTRAP_CHUNK = 100             # resamples drawn at once (memory: chunk x images indices)
+
+
+def _as_scores(values, name: str) -> np.ndarray:
+    """Per-image correctness or scores in [0, 1] as float64 (n,)."""
+    array = np.asarray(values, dtype=np.float64)
     if array.ndim != 1 or len(array) == 0:
-        raise VitsamError(f"{name}: expected a non-empty 1-D array of per-image correctness, got shape {array.shape}")
-    return array.astype(bool)
+        raise VitsamError(f"{name}: expected a non-empty 1-D array of per-image scores, got shape {array.shape}")
+    if array.min() < 0 or array.max() > 1:
+        raise VitsamError(f"{name}: per-image scores must lie in [0, 1] (correctness or a share of copies)")
+    return array
 
 
 def accuracy_interval(correct: int | Sequence, n: int | None = None) -> Estimate:
@@ -67,7 +75,7 @@ def accuracy_interval(correct: int | Sequence, n: int | None = None) -> Estimate
     (then give ``n``) or a per-image correctness array. Unlike the normal approximation it
     stays inside [0, 1] and is sensible at accuracies near 0 or 1."""
     if n is None:
-        array = _as_bool(correct, "accuracy_interval")
+        array = _as_scores(correct, "accuracy_interval").astype(bool)
         k, n = int(array.sum()), len(array)
     else:
         k = int(correct)
@@ -77,42 +85,59 @@ def accuracy_interval(correct: int | Sequence, n: int | None = None) -> Estimate
     denom = 1 + Z95 ** 2 / n
     center = (p + Z95 ** 2 / (2 * n)) / denom
     half = Z95 * math.sqrt(p * (1 - p) / n + Z95 ** 2 / (4 * n * n)) / denom
-    return Estimate(p, max(0.0, center - half), min(1.0, center + half), n)
+    low = 0.0 if k == 0 else max(0.0, center - half)      # exact at the edges, not 1 - 1e-16
+    high = 1.0 if k == n else min(1.0, center + half)
+    return Estimate(p, low, high, n)
 
 
 def _bootstrap_means(values: np.ndarray, samples: int, rng: np.random.Generator) -> np.ndarray:
-    """Means of ``samples`` resamples (with replacement) of ``values`` (n,) -> (samples,)."""
-    index = rng.integers(0, len(values), size=(samples, len(values)))
-    return values[index].mean(axis=1)
+    """Means of ``samples`` resamples (with replacement) of ``values`` (n,) -> (samples,),
+    drawn ``BOOTSTRAP_CHUNK`` at a time so memory stays at chunk x n indices."""
+    means = []
+    for start in range(0, samples, BOOTSTRAP_CHUNK):
+        index = rng.integers(0, len(values), size=(min(BOOTSTRAP_CHUNK, samples - start), len(values)))
+        means.append(values[index].mean(axis=1))
+    return np.concatenate(means)
+
+
+def _percentile_interval(value: float, means: np.ndarray, n: int) -> Estimate:
+    low, high = np.quantile(means, [0.025, 0.975])
+    return Estimate(value, float(low), float(high), n)
+
+
+def _paired(a, b, name: str) -> np.ndarray:
+    """Per-image b - a for two score vectors on the same images."""
+    a, b = _as_scores(a, name), _as_scores(b, name)
+    if len(a) != len(b):
+        raise VitsamError(f"{name} needs the same images for both models, got {len(a)} and {len(b)}")
+    return b - a
 
 
 def paired_difference(correct_a, correct_b, seed: int = 0, samples: int = BOOTSTRAP_SAMPLES) -> Estimate:
     """accuracy(b) - accuracy(a) on the same images, with a 95% paired bootstrap interval
     (percentile method, images resampled with replacement)."""
-    a, b = _as_bool(correct_a, "paired_difference a"), _as_bool(correct_b, "paired_difference b")
-    if len(a) != len(b):
-        raise VitsamError(f"paired_difference needs the same images for both models, got {len(a)} and {len(b)}")
-    diff = b.astype(np.float64) - a.astype(np.float64)          # per image: -1, 0 or +1
-    means = _bootstrap_means(diff, samples, np.random.default_rng(seed))
-    low, high = np.quantile(means, [0.025, 0.975])
-    return Estimate(float(diff.mean()), float(low), float(high), len(diff))
+    diff = _paired(correct_a, correct_b, "paired_difference")     # per image, in [-1, 1]
+    return _percentile_interval(float(diff.mean()), _bootstrap_means(diff, samples, np.random.default_rng(seed)),
+                                len(diff))
 
 
-def difference_of_differences(pair_1: tuple, pair_2: tuple, seed: int = 0,
-                              samples: int = BOOTSTRAP_SAMPLES) -> Estimate:
-    """(acc(b1) - acc(a1)) - (acc(b2) - acc(a2)) for pairs (a, b) of correctness arrays,
-    each pair on its own images; the two paired bootstraps are drawn independently."""
+def difference_of_differences(pair_1: tuple, pair_2: tuple, seed: int = 0, samples: int = BOOTSTRAP_SAMPLES,
+                              same_images: bool = False) -> Estimate:
+    """(acc(b1) - acc(a1)) - (acc(b2) - acc(a2)) for pairs (a, b) of per-image scores.
+    Each pair on its own images: the two paired bootstraps are drawn independently.
+    ``same_images``: all four vectors score the same images (e.g. the gain at two
+    training fractions on one test set), so the images are resampled jointly, which
+    keeps their correlation and gives a tighter, still valid interval."""
     rng = np.random.default_rng(seed)
-    diffs = []
-    for a, b in (pair_1, pair_2):
-        a, b = _as_bool(a, "difference_of_differences"), _as_bool(b, "difference_of_differences")
-        if len(a) != len(b):
-            raise VitsamError("difference_of_differences: each pair needs the same images for both models")
-        diffs.append(b.astype(np.float64) - a.astype(np.float64))
-    means = _bootstrap_means(diffs[0], samples, rng) - _bootstrap_means(diffs[1], samples, rng)
-    low, high = np.quantile(means, [0.025, 0.975])
-    value = float(diffs[0].mean() - diffs[1].mean())
-    return Estimate(value, float(low), float(high), min(len(d) for d in diffs))
+    d1 = _paired(*pair_1, "difference_of_differences")
+    d2 = _paired(*pair_2, "difference_of_differences")
+    value = float(d1.mean() - d2.mean())
+    if same_images:
+        if len(d1) != len(d2):
+            raise VitsamError(f"difference_of_differences(same_images=True) got {len(d1)} and {len(d2)} images")
+        return _percentile_interval(value, _bootstrap_means(d1 - d2, samples, rng), len(d1))
+    means = _bootstrap_means(d1, samples, rng) - _bootstrap_means(d2, samples, rng)
+    return _percentile_interval(value, means, min(len(d1), len(d2)))
 
 
 def seed_interval(values: Sequence[float]) -> Estimate:
