@@ -9,12 +9,15 @@ Per corruption, on 224 px RGB images with the ImageNet-C parameters, every sever
   form, so a batch costs it its per-image time); glass blur on one image (seconds each).
 
 Each repeat times theirs, then ours; the ratio theirs / ours is printed as the median and
-the range over repeats. Without the reference environment (default /tmp/icvenv, setup in
+the range over repeats. Times are process CPU time by default (``--clock cpu``): on a shared
+machine wall time also counts other jobs' time slices; with one thread on each side, CPU
+time is the wall time of an idle machine. Without the reference environment (default /tmp/icvenv, setup in
 tools/corruption_reference.py) a line says so and only our times print. Then our
 throughput on 28 px grey batches (CIFAR-10-C parameters, the demo's case) and, with
 ``--demo``, the demo's robustness evaluation split into corruption and model time.
 
-    python benchmarks/bench_corruptions.py [--threads 1] [--repeats 3] [--reference-python PATH] [--demo]
+    python benchmarks/bench_corruptions.py [--threads 1] [--repeats 3] [--clock cpu|wall]
+        [--reference-python PATH] [--demo]
 """
 from __future__ import annotations
 
@@ -49,7 +52,7 @@ def test_images(count: int, size: int = 224) -> np.ndarray:
     return (images.permute(0, 2, 3, 1) * 255).round().byte().numpy()
 
 
-def reference_seconds(python: str, images: np.ndarray, names, threads: int) -> dict | None:
+def reference_seconds(python: str, images: np.ndarray, names, threads: int, clock: str) -> dict:
     """Seconds per image of each corruption in the reference environment (one repeat)."""
     with tempfile.TemporaryDirectory() as work:
         np.save(Path(work) / "images.npy", images)
@@ -57,22 +60,22 @@ def reference_seconds(python: str, images: np.ndarray, names, threads: int) -> d
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
                    MKL_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads))
         subprocess.run([python, str(REFERENCE_SCRIPT), "time", str(Path(work) / "images.npy"), str(out),
-                        "--repeats", "1", *names], check=True, env=env)
+                        "--repeats", "1", "--clock", clock, *names], check=True, env=env)
         return {name: seconds[0] for name, seconds in json.loads(out.read_text()).items()}
 
 
-def our_seconds(batch: torch.Tensor, name: str) -> tuple[float, float]:
+def our_seconds(batch: torch.Tensor, name: str, timer) -> tuple[float, float]:
     """(per image one at a time, per image in a batch of BATCH), every severity."""
     corrupt(batch[:1], name, 1, torch.Generator().manual_seed(0))                     # warm-up
-    start = time.perf_counter()
+    start = timer()
     for i in range(SINGLE):
         for severity in range(1, 6):
             corrupt(batch[i:i + 1], name, severity, torch.Generator().manual_seed(severity))
-    single = (time.perf_counter() - start) / (5 * SINGLE)
-    start = time.perf_counter()
+    single = (timer() - start) / (5 * SINGLE)
+    start = timer()
     for severity in range(1, 6):
         corrupt(batch, name, severity, torch.Generator().manual_seed(severity))
-    return single, (time.perf_counter() - start) / (5 * len(batch))
+    return single, (timer() - start) / (5 * len(batch))
 
 
 def spread(values) -> str:
@@ -87,17 +90,19 @@ def compare(args) -> None:
     if not have_reference:
         print(f"reference environment {args.reference_python} not found: no comparison with imagecorruptions "
               f"(set it up as tools/corruption_reference.py says)")
+    timer = time.process_time if args.clock == "cpu" else time.perf_counter
     ours = {name: [] for name in names}
     theirs = {name: [] for name in names}
     for _ in range(args.repeats):
         if have_reference:
             for name, seconds in reference_seconds(args.reference_python, images[:SINGLE], names,
-                                                   args.threads).items():
+                                                   args.threads, args.clock).items():
                 theirs[name].append(seconds)
         for name in names:
-            ours[name].append(our_seconds(batch, name))
-    print(f"\n224 px RGB, ImageNet-C parameters, severities 1-5; torch threads {args.threads} (the reference "
-          f"process {args.threads} thread(s)); {args.repeats} repeats: median [min-max]; frost: {frost_source()}")
+            ours[name].append(our_seconds(batch, name, timer))
+    print(f"\n224 px RGB, ImageNet-C parameters, severities 1-5; {args.clock} time; torch threads {args.threads} "
+          f"(the reference process {args.threads} thread(s)); {args.repeats} repeats: median [min-max]; "
+          f"frost: {frost_source()}")
     print(f"{'corruption':18s} {'ours ms/img':>12s} {'batch ms/img':>13s} {'theirs ms/img':>14s} "
           f"{'theirs/ours':>20s} {'theirs/ours batch':>20s}")
     for name in names:
@@ -154,6 +159,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--reference-python", default="/tmp/icvenv/bin/python")
+    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     parser.add_argument("--corruptions", nargs="*", default=None)
     parser.add_argument("--demo", action="store_true", help="also time the demo's robustness evaluation")
     parser.add_argument("--images", type=int, default=200, help="test images per model in the demo timing")
