@@ -62,10 +62,16 @@ class DataConfig:
 
 @dataclass
 class AugmentConfig:
-    """Strong augmentation, the paper's "AUG" (RandAugment + mixup); off by default."""
-    randaugment_layers: int = 0      # RandAugment N: operations per image; 0 disables
-    randaugment_magnitude: float = 10.0  # RandAugment M
-    mixup_alpha: float = 0.0         # Beta(alpha, alpha) mixing weight; 0 disables
+    """Strong augmentation, the paper's "AUG" baseline: RandAugment (Cubuk et al. 2020) then
+    mixup (Zhang et al. 2018) on batched tensors (``vitsam.data.augment``), drawn once per
+    step so both SAM passes see the same batch. Off by default: the paper's own recipe is
+    Inception crop + flip only. The AUG presets use AugReg's "medium2" setting for ViT-B/16
+    (Steiner et al. 2021, "How to train your ViT"; big_vision ``configs/vit_i1k.py``):
+    RandAugment(2, 15) and mixup with concentration 0.5."""
+    randaugment_layers: int = 0          # N: operations per image; 0 disables (AUG: 2)
+    randaugment_magnitude: float = 15.0  # M on the 0..10 level scale of the TF RandAugment big_vision
+                                         # uses (values above 10 strengthen the operations further)
+    mixup_alpha: float = 0.0             # Beta(alpha, alpha) mixing weight, one draw per batch; 0 disables (AUG: 0.5)
 
 
 @dataclass
@@ -103,16 +109,19 @@ class AdversarialConfig:
     eps: float = 4 / 255             # radius in [0, 1] pixel units
     steps: int = 3                   # PGD steps while training (evaluation uses PGD-10)
     step_size: float = 0.0           # 0: 2.5 * eps / steps (Madry et al. 2018)
-    norm: AttackNorm = "linf"
+    norm: AttackNorm = "linf"        # the ball of the attack (and of the eps-ball the examples lie in)
 
 
 @dataclass
 class ContrastiveConfig:
-    """Contrastive pre-training (objective "contrastive"): MoCo v3 (Chen, Xie, He 2021)."""
+    """Contrastive pre-training (objective "contrastive"): MoCo v3 (Chen, Xie, He 2021, "An
+    Empirical Study of Training Self-Supervised Vision Transformers"), their ViT settings."""
     temperature: float = 0.2
-    momentum: float = 0.99           # momentum encoder's moving-average coefficient (cosine-increased to 1)
+    momentum: float = 0.99           # momentum encoder's moving-average coefficient at the start,
+                                     # raised to 1 along a half cosine over the run
     projection_dim: int = 256
-    hidden_dim: int = 4096
+    hidden_dim: int = 4096           # hidden width of the projection (3 layers) and prediction (2 layers) MLPs
+    crop_scale: tuple = (0.08, 1.0)  # each view's random resized crop (area fraction of the loader's image)
 
 
 @dataclass
