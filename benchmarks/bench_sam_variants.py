@@ -4,7 +4,10 @@ config by ``build_optimizer`` and run by the same ``train_step``.
 Expected: SAM, ASAM and GSAM about 2x the base step (two forward/backward passes; more
 is the wrapper's overhead: weight copies, norms, GSAM's extra gradient copy and dot
 products); LookSAM about 1 + 1/k, its second pass really skipped on k - 1 of k steps
-(timed over whole cycles of k steps, its cost being periodic by design).
+(timed over whole cycles of k steps, its cost being periodic by design). The variants run
+in turn, one block of k steps each per round, so a load that drifts on a shared machine
+weighs on all alike; ratios are taken per round and printed as median [min-max], by
+wall-clock and (on CPU) by process CPU time, which does not count waits for a core.
 
     python benchmarks/bench_sam_variants.py                       # vit_tiny, 28x28, CPU
     python benchmarks/bench_sam_variants.py --model vit_s16 --img-size 224 --in-chans 3 \\
@@ -18,11 +21,10 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 from vitsam.config import OptimConfig, SAMConfig
 from vitsam.models import create_model
-from vitsam.optim import LookSAM, build_optimizer
+from vitsam.optim import build_optimizer
 from vitsam.train.precision import AUTOCAST, loss_scaler
 from vitsam.train.objectives import Classification, TrainingModule
 from vitsam.train.step import train_step
@@ -32,8 +34,8 @@ VARIANTS = {
     "base": SAMConfig(rho=0.0),
     "SAM": SAMConfig(rho=0.05),
     "ASAM": SAMConfig(rho=0.5, adaptive=True, eta=0.01),
-    "GSAM": SAMConfig(rho=0.05, variant="gsam", rho_min=0.01, alpha=0.2),
-    "LookSAM": SAMConfig(rho=0.05, variant="looksam", k=LOOKSAM_K, alpha=0.7),
+    "GSAM": SAMConfig(rho=0.05, variant="gsam", rho_min=0.01, gsam_alpha=0.2),
+    "LookSAM": SAMConfig(rho=0.05, variant="looksam", k=LOOKSAM_K, looksam_alpha=0.7),
 }
 
 
@@ -54,14 +56,19 @@ class Runner:
         self.trainee = TrainingModule(self.model, Classification())
         self.dtype, self.scaler = AUTOCAST[args.precision], loss_scaler(args.precision)
 
-    def ms_per_step(self, steps: int) -> float:
+    def ms_per_step(self, steps: int) -> tuple[float, float]:
+        """(wall ms, process CPU ms) per step over ``steps`` steps in a row."""
         synchronize(self.images.device)
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         for _ in range(steps):
             train_step(self.trainee, self.optimizer, (self.images, self.labels), grad_clip=1.0,
                        autocast_dtype=self.dtype, scaler=self.scaler)
         synchronize(self.images.device)
-        return 1000 * (time.perf_counter() - start) / steps
+        return 1000 * (time.perf_counter() - wall) / steps, 1000 * (time.process_time() - cpu) / steps
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} [{min(values):.2f}-{max(values):.2f}]"
 
 
 def main() -> None:
@@ -86,19 +93,21 @@ def main() -> None:
           + f", {args.steps} steps each, load average {os.getloadavg()[0]:.1f}")
     runners = {name: Runner(cfg, args, images, labels) for name, cfg in VARIANTS.items()}
     for runner in runners.values():
-        runner.ms_per_step(3)  # warm-up
-        if isinstance(runner.optimizer, LookSAM):
-            runner.optimizer.steps_done = 0  # every timed block: whole cycles from an ascent step
-    # blocks of one LookSAM cycle, the variants in turn, so a load that drifts during the
-    # run (a shared machine) weighs on all of them alike; the median block per variant
-    times = {name: [] for name in runners}
+        runner.ms_per_step(LOOKSAM_K)  # warm-up: one whole cycle, so every block starts on an ascent
+    # rounds of one LookSAM cycle per variant, the variants in turn (see the docstring)
+    blocks = {name: [] for name in runners}
     for _ in range(max(1, args.steps // LOOKSAM_K)):
         for name, runner in runners.items():
-            times[name].append(runner.ms_per_step(LOOKSAM_K))
-    ms = {name: statistics.median(t) for name, t in times.items()}
-    print(f"{'variant':<10}{'ms/step':>10}{'x base':>9}")
+            blocks[name].append(runner.ms_per_step(LOOKSAM_K))
+    clocks = ("wall", "cpu") if device.type == "cpu" else ("wall",)
+    print(f"{'variant':<10}" + "".join(f"{clock + ' ms/step':>16}{'x base (' + clock + ')':>24}" for clock in clocks))
     for name in runners:
-        print(f"{name:<10}{ms[name]:>10.1f}{ms[name] / ms['base']:>9.2f}")
+        row = f"{name:<10}"
+        for column, _ in enumerate(clocks):
+            times = [block[column] for block in blocks[name]]
+            base = [block[column] for block in blocks["base"]]
+            row += f"{statistics.median(times):>16.1f}{spread([t / b for t, b in zip(times, base)]):>24}"
+        print(row)
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 

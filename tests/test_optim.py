@@ -10,6 +10,7 @@ from torch import nn
 from vitsam.config import OptimConfig, SAMConfig
 from vitsam.errors import VitsamError
 from vitsam.optim import GSAM, SAM, LookSAM, build_optimizer, build_scheduler, lr_lambda
+from vitsam.train.objectives import Classification, TrainingModule
 
 
 @pytest.mark.parametrize("step, want", [(0, 0.0), (5, 0.5), (10, 1.0), (55, 0.5), (100, 0.0), (150, 0.0)])
@@ -84,6 +85,17 @@ def test_weight_decay_only_on_weights():
     assert names_in(model, no_decay) == ["cls_token", "head.bias", "norm.bias", "norm.weight",
                                          "pos_embed", "proj.bias"]
     assert no_decay["weight_decay"] == 0.0
+
+
+def test_weight_decay_exemptions_through_a_training_module():
+    """The training loop hands the factory a TrainingModule: its parameter names and its
+    no_weight_decay() both carry the "model." prefix, and must still meet."""
+    trainee = TrainingModule(TinyViTLike(), Classification())
+    optimizer = build_optimizer(trainee, OptimConfig(weight_decay=0.3), SAMConfig(rho=0.1))
+    decay, no_decay = optimizer.param_groups
+    assert names_in(trainee, decay) == ["model.head.weight", "model.proj.weight"]
+    assert names_in(trainee, no_decay) == ["model.cls_token", "model.head.bias", "model.norm.bias",
+                                           "model.norm.weight", "model.pos_embed", "model.proj.bias"]
 
 
 def test_factory_builds_base_or_sam():

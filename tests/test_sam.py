@@ -1,5 +1,6 @@
-"""SAM family and the training step against updates written out by hand (PAPER.md,
-"What the public SAM implementations get wrong", points 1-8 and 10)."""
+"""SAM family and the training step against updates written out by hand (docs/paper.md,
+"SAM pitfalls" 1-8 and 10), in each of the ways users call it (davda54/sam's two forms,
+vitsam's closure)."""
 from __future__ import annotations
 
 import copy
@@ -70,7 +71,7 @@ def step_sgd(model, optimizer, x, y):
 
 @pytest.mark.parametrize("grad_clip", [0.0, 0.05])
 def test_sam_step_equals_update_by_hand(grad_clip):
-    """With clipping, the final (second-pass) gradient is the one clipped (PAPER point 6);
+    """With clipping, the final (second-pass) gradient is the one clipped (pitfall 6);
     clipping the first pass leaves e = rho g / ||g|| unchanged."""
     model, (x, y) = tiny_mlp(), batch()
     rho, lr = 0.05, 0.1
@@ -356,3 +357,173 @@ def test_looksam_reuses_orthogonal_gradient_with_one_pass_between_ascents():
             torch.testing.assert_close(p.detach(), want, rtol=0, atol=1e-12)
     train_step(classify(model, counting_loss), optimizer, (x, y))  # step k: a full SAM step again
     assert counts + [len(passes)] == [2, 3, 5]
+
+
+# ---------------------------------------------------------------------- davda54's call forms
+
+VARIANTS = {  # k = 2 for LookSAM: steps 0 and 2 ascend, step 1 reuses g_v
+    "sam": lambda params: SAM(params, torch.optim.SGD, rho=0.1, lr=0.1),
+    "asam": lambda params: SAM(params, torch.optim.SGD, rho=0.5, adaptive=True, eta=0.01, lr=0.1),
+    "gsam": lambda params: GSAM(params, torch.optim.SGD, rho=0.1, alpha=0.3, lr=0.1),
+    "looksam": lambda params: LookSAM(params, torch.optim.SGD, rho=0.1, k=2, alpha=0.5, lr=0.1),
+}
+
+
+def dot(a, b):
+    return sum((ai * bi).sum() for ai, bi in zip(a, b))
+
+
+def updates_by_hand(variant, model, x, y, steps, lr=0.1):
+    """Weights after each of ``steps`` SGD steps of ``variant`` (hyperparameters as in
+    VARIANTS; GSAM at its peak lr, so rho_t = rho), from gradients taken with autograd."""
+    w, g_v, trajectory = weights(model), None, []
+    for step in range(steps):
+        g = loss_grad(model, w, x, y)
+        if variant == "looksam" and step % 2 == 1:  # g + alpha (||g|| / ||g_v||) g_v
+            update = [gi + 0.5 * global_norm(g) / global_norm(g_v) * vi for gi, vi in zip(g, g_v)]
+        else:
+            if variant == "asam":  # e = rho T^2 g / ||T g||, T = |w| + eta
+                t = [wi.abs() + 0.01 for wi in w]
+                norm = global_norm([ti * gi for ti, gi in zip(t, g)])
+                e = [0.5 * ti ** 2 * gi / norm for ti, gi in zip(t, g)]
+            else:
+                e = [0.1 * gi / global_norm(g) for gi in g]
+            g_adv = loss_grad(model, [wi + ei for wi, ei in zip(w, e)], x, y)
+            update = g_adv
+            if variant == "gsam":  # g_adv - alpha g_perp, g_perp = g - (g . g_adv / ||g_adv||^2) g_adv
+                coef = dot(g, g_adv) / global_norm(g_adv) ** 2
+                update = [ga - 0.3 * (gi - coef * ga) for gi, ga in zip(g, g_adv)]
+            if variant == "looksam":  # g_v = g_s - (g . g_s / ||g||^2) g
+                coef = dot(g, g_adv) / global_norm(g) ** 2
+                g_v = [ga - coef * gi for gi, ga in zip(g, g_adv)]
+        w = [wi - lr * ui for wi, ui in zip(w, update)]
+        trajectory.append(w)
+    return trajectory
+
+
+class Counter:
+    """Forward + backward on (x, y), counting the passes; ``closure`` counts its calls too."""
+
+    def __init__(self, model, x, y, zero_first=None):
+        self.model, self.x, self.y, self.zero_first = model, x, y, zero_first
+        self.passes = self.closure_calls = 0
+
+    def backward(self):
+        self.passes += 1
+        loss = F.cross_entropy(self.model(self.x), self.y)
+        loss.backward()
+        return loss
+
+    def closure(self):
+        self.closure_calls += 1
+        if self.zero_first is not None:
+            self.zero_first.zero_grad()
+        return self.backward()
+
+
+def step_in_form(form, optimizer, counter):
+    if form == "halves":  # davda54's README, first form (LookSAM: step() between ascents)
+        counter.backward()
+        if isinstance(optimizer, LookSAM) and not optimizer.ascent_due:
+            optimizer.step()
+            optimizer.zero_grad()
+        else:
+            optimizer.first_step(zero_grad=True)
+            counter.backward()
+            optimizer.second_step(zero_grad=True)
+    elif form == "backward_then_closure":  # davda54's README, closure form
+        counter.backward()
+        optimizer.step(counter.closure)
+        optimizer.zero_grad()
+    elif form in ("closure_only", "closure_only_not_zeroing"):  # nothing between the steps
+        optimizer.step(counter.closure)  # the previous step's gradient is no gradient given
+    elif form == "zeroed_in_place":  # zero_grad(set_to_none=False), a closure that does not zero
+        optimizer.zero_grad(set_to_none=False)
+        optimizer.step(counter.closure)
+
+
+FORMS = ("halves", "backward_then_closure", "closure_only", "closure_only_not_zeroing", "zeroed_in_place")
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_call_form_gives_the_update_by_hand_with_two_passes(variant, form):
+    """Each form matches the hand-written update; SAM-style steps run two forward/backward
+    passes (LookSAM one between ascents), never three; in davda54's closure form the
+    closure runs only at w + e (and not at all on LookSAM's reuse steps)."""
+    model, (x, y) = tiny_mlp(), batch()
+    expected = updates_by_hand(variant, model, x, y, steps=3)
+    optimizer = VARIANTS[variant](model.parameters())
+    # "closure_only": torch's LBFGS idiom, the closure zeroes the gradients
+    counter = Counter(model, x, y, zero_first=optimizer if form == "closure_only" else None)
+    passes, closure_calls = [], []
+    for want in expected:
+        step_in_form(form, optimizer, counter)
+        passes.append(counter.passes)
+        closure_calls.append(counter.closure_calls)
+        for p, w in zip(model.parameters(), want):
+            torch.testing.assert_close(p.detach(), w, rtol=0, atol=1e-12)
+    want_passes = [2, 3, 5] if variant == "looksam" else [2, 4, 6]
+    assert passes == want_passes
+    if form == "halves":
+        assert closure_calls == [0, 0, 0]
+    elif form == "backward_then_closure":
+        assert closure_calls == ([1, 1, 2] if variant == "looksam" else [1, 2, 3])
+    else:
+        assert closure_calls == want_passes
+
+
+def test_looksam_davda54_closure_form_does_not_double_the_gradient():
+    """The reported defect: with the user's backward before step(closure), the reuse steps
+    added the user's gradient to the closure's (0.039 off after 3 steps at lr 0.1)."""
+    x, y = batch()
+    results = []
+    for form in ("backward_then_closure", "closure_only"):
+        model = tiny_mlp()
+        optimizer = VARIANTS["looksam"](model.parameters())
+        counter = Counter(model, x, y, zero_first=optimizer if form == "closure_only" else None)
+        for _ in range(3):
+            step_in_form(form, optimizer, counter)
+        results.append(weights(model))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-14)
+
+
+def test_davda54_closure_form_returns_none_and_vitsam_form_the_loss_at_w():
+    model, (x, y) = tiny_mlp(), batch()
+    loss_at_w = F.cross_entropy(model(x), y)
+    counter = Counter(model, x, y)
+    optimizer = SAM(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.1)
+    assert optimizer.step(counter.closure) == loss_at_w  # no gradient present: vitsam's form
+    optimizer.zero_grad()
+    counter.backward()
+    assert optimizer.step(counter.closure) is None
+
+
+def test_step_and_second_step_misuse_are_clear_errors():
+    model, (x, y) = tiny_mlp(), batch()
+    counter = Counter(model, x, y)
+    for variant in ("sam", "looksam"):
+        optimizer = VARIANTS[variant](model.parameters())
+        with pytest.raises(VitsamError, match="second_step without first_step"):
+            optimizer.second_step()
+        counter.backward()
+        with pytest.raises(VitsamError, match="needs a closure"):
+            optimizer.step()  # SAM, and LookSAM's first step (an ascent), need the pass at w + e
+        optimizer.zero_grad()
+    optimizer.step(counter.closure)  # LookSAM: ascent done, a reuse step is due
+    optimizer.zero_grad()
+    with pytest.raises(VitsamError, match="needs the gradient at w"):
+        optimizer.step()
+
+
+@pytest.mark.parametrize("host_scalar", [True, False])  # False: the GPU path, run on the CPU
+def test_add_scaled_in_both_forms(host_scalar):
+    from vitsam.optim.sam import _add_scaled_
+    gen = torch.Generator().manual_seed(0)
+    targets = [torch.randn(shape, generator=gen, dtype=torch.float64) for shape in [(3, 4), (5,)]]
+    sources = [torch.randn(t.shape, generator=gen, dtype=torch.float64) for t in targets]
+    want = [t + 0.3 * s for t, s in zip(targets, sources)]
+    _add_scaled_(targets, sources, torch.tensor(0.3, dtype=torch.float64), host_scalar=host_scalar)
+    for got, expected in zip(targets, want):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-15)

@@ -1,7 +1,7 @@
 """Learning-rate schedules: linear warmup from 0, then linear / cosine decay or constant.
 
 The paper trains ViT / Mixer with 10k warmup steps then linear decay, ResNets with 5k
-warmup then linear decay (PAPER.md, "Training recipe").
+warmup then linear decay (docs/paper.md, "Training recipe").
 """
 from __future__ import annotations
 
