@@ -19,7 +19,8 @@ measured; ``missing`` may say why)::
             "params": 71000,            # parameter count (shown only)
             "clean": {"vanilla": [0/1 per test image], "sam": [...]},      # same images, same order
             "seed_accuracy": {"vanilla": [acc per seed], "sam": [...]},    # fractions; seed i pairs with seed i
-            "corrupted": {"vanilla": [0/1 per corrupted image], "sam": [...]},  # corruptions x severities
+            "corrupted": {"vanilla": [score per test image], "sam": [...]},  # share of its corrupted copies
+                                        # (corruptions x severities) right, in [0, 1]; same images as "clean"
             "lambda_max": {"vanilla": [one per seed], "sam": [...]},       # Hessian dominant eigenvalue
             "ntk_kappa": {"vanilla": [per diagonal block (or seed); null = singular], "sam": [...]},
             "sparsity": {"vanilla": [[active fraction per block] per seed], "sam": [...]},
@@ -397,10 +398,11 @@ def claim_corruption_gain(ev: Evidence, seed: int = 0) -> Claim:
                 missing += [ev.why_missing(family, k) for k, v in (("corrupted", corrupted), ("clean", clean))
                             if v is None]
             continue
-        est = difference_of_differences(corrupted, clean, seed=seed).scaled(POINTS)
+        same = len(corrupted[0]) == len(clean[0])
+        est = difference_of_differences(corrupted, clean, seed=seed, same_images=same).scaled(POINTS)
         c = Comparison(f"{ev.label(family)} corrupted gain - clean gain", est, "pts",
-                       method="independent paired bootstraps (corrupted images are copies of test images, so "
-                              "the interval is approximate)")
+                       method=("paired bootstrap over test images, each scored by the share of its corrupted "
+                               "copies classified right" if same else "independent paired bootstraps"))
         details.append(c)
         if family != "resnet":
             comparisons.append(c)
@@ -428,9 +430,9 @@ def claim_data_efficiency(ev: Evidence, seed: int = 0) -> Claim:
                        f"needs >= 3 training fractions for ViT, got {len(ordered)}")
     else:
         small, large = (ev.pair("vit", "fractions", fractions[k]) for k in (ordered[0], ordered[-1]))
-        est = difference_of_differences(small, large, seed=seed).scaled(POINTS)
+        est = difference_of_differences(small, large, seed=seed, same_images=True).scaled(POINTS)
         comparisons.append(Comparison(f"ViT gain at {ordered[0]} - gain at {ordered[-1]}", est, "pts",
-                                      method="independent paired bootstraps (same test images: conservative)"))
+                                      method="paired bootstrap over the same test images"))
     model = "vit_b16"
     steps = ", ".join(f"{col} {_signed(paper.sam_gain('data_efficiency', model, col))}"
                       for col in paper.DATA_FRACTIONS)

@@ -1,27 +1,39 @@
-"""The `vitsam` command line: thin; each subcommand is a plain function."""
+"""vitsam: train ViT, MLP-Mixer and ResNet with and without Sharpness-Aware Minimization
+and see what "When Vision Transformers Outperform ResNets without Pre-training or Strong
+Data Augmentations" (Chen, Hsieh, Gong, ICLR 2022) saw: accuracy, loss geometry and
+robustness, beside the paper's own numbers.
+
+Start here:
+  vitsam demo                               the main job: small models on Fashion-MNIST, report.html
+  vitsam presets | vitsam models            what can be trained
+  vitsam train --preset vit_tiny_fmnist_sam --out runs/vit_sam
+  vitsam report runs/vit runs/vit_sam       tables and figures for any runs, claims with verdicts
+  vitsam paper --list                       one command per table of the paper
+"""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
+from vitsam import __version__
 from vitsam.errors import VitsamError
 
 
 def cmd_train(args) -> None:
     from vitsam import presets
+    from vitsam.report.build import describe_regime
     from vitsam.train.loop import train
 
-    cfg = presets.resolve(args.preset, args.config, args.set or [])
+    cfg = presets.resolve(args.preset, args.config, args.set or [], local=args.runlocal)
     if args.data_dir:
         cfg.data.data_dir = args.data_dir
     if os.environ.get("RANK", "0") == "0":  # under torchrun, once
-        print(json.dumps(cfg.to_dict(), indent=2), file=sys.stderr)
+        print(f"vitsam train: {describe_regime(cfg)}; config: {Path(args.out) / 'config.json'}", file=sys.stderr)
     run_dir = train(cfg, args.out, resume=args.resume)
     summary = run_dir / "eval.json"
-    if summary.exists():
+    if summary.exists() and os.environ.get("RANK", "0") == "0":
         print(summary.read_text().strip())
 
 
@@ -47,6 +59,7 @@ def cmd_eval(args) -> None:
 
 def cmd_models(args) -> None:
     import torch
+
     from vitsam.models import create_model, list_models
 
     print(f"{'name':<14} {'family':<7} {'params':>9}  at")
@@ -58,6 +71,7 @@ def cmd_models(args) -> None:
         params = sum(p.numel() for p in model.parameters())
         where = "28px, 1 channel, 10 classes" if small else "224px, 1000 classes"
         print(f"{name:<14} {model.family:<7} {params / 1e6:>8.2f}M  {where}")
+    print("and timm/<name> for any timm model, when timm is installed (pip install vitsam[timm])")
 
 
 def cmd_presets(args) -> None:
@@ -76,8 +90,21 @@ def cmd_demo(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vitsam", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(prog="vitsam", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"vitsam {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="the main job: small models on Fashion-MNIST with and without SAM, one report",
+                       description="Train the small ViT, Mixer and ResNet with and without SAM in a data-limited "
+                                   "regime, measure them and write OUT/report.html and OUT/claims.json. Finished "
+                                   "runs and results are reused; interrupted runs resume.")
+    p.add_argument("--preset", default="quick", help="quick (2-core CPU, ~15 min) or full (a GPU)")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--data-dir")
+    p.add_argument("--only", help="comma-separated subset of the runs, e.g. vit,vit_sam")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="train one model (torchrun-aware)",
                        description="Train a preset, optionally changed by a config file and key=value overrides.")
@@ -86,10 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. --set sam.rho=0.1 (repeatable)")
     p.add_argument("--out", required=True, help="the run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--runlocal", action="store_true",
+                   help="the same recipe at toy size (one block, 0.5%% of Fashion-MNIST, 2 steps): a first look")
     p.add_argument("--data-dir", help="where the data set lives (overrides data.data_dir)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a run's latest weights on its test set")
+    p = sub.add_parser("eval", help="evaluate a run's latest weights on its test (and validation) split")
     p.add_argument("run_dir")
     p.add_argument("--data-dir")
     p.add_argument("--device", default="auto")
@@ -101,23 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list the training presets")
     p.set_defaults(func=cmd_presets)
 
-    p = sub.add_parser("demo", help="the main job: six runs on Fashion-MNIST and an HTML report",
-                       description="Train the small ViT, Mixer and ResNet with and without SAM, analyze "
-                                   "them and write OUT/report.html. Finished runs are reused.")
-    p.add_argument("--preset", default="quick", help="quick (2-core CPU, ~15 min) or full (a GPU)")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--data-dir")
-    p.add_argument("--only", help="comma-separated subset of the runs, e.g. vit,vit_sam")
-    p.add_argument("--device", default="auto")
-    p.set_defaults(func=cmd_demo)
-
     from vitsam.evaluators.cli import add_cli as add_evaluator_cli
     from vitsam.evaluators.robustness import add_cli as add_robust_cli
-
     from vitsam.models.weights import add_cli as add_weights_cli
+    from vitsam.report.build import add_cli as add_report_cli
 
     add_evaluator_cli(sub)
     add_robust_cli(sub)
+    add_report_cli(sub)
     add_weights_cli(sub)
     return parser
 
@@ -132,3 +152,7 @@ def main(argv=None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # the reader went away (`vitsam models | head`): not an error; silence the final flush
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
