@@ -85,3 +85,18 @@ def test_stratified_examples_are_prefixes_and_balanced():
     uneven = torch.cat([torch.zeros(900), torch.ones(100)]).long()
     first = uneven[stratified_order(uneven, seed=0)[:100]]
     assert 85 <= int((first == 0).sum()) <= 95  # proportional to the class sizes
+
+
+def test_tensorboard_events_hold_training_scalars_and_evaluator_figures(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = train(smoke('evals={"sparsity": {"every_epochs": 0.2, "examples": 32}}', "train.log_every=1"),
+                tmp_path / "run")
+    protocol.evaluate_run(run, ["perturbed"], {"perturbed": {"examples": 32, "sigmas": "0,0.01"}},
+                          log=lambda _: None)
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
+    assert {"sparsity/sparsity", "perturbed/perturbed_loss"} <= set(tags["images"])
+    assert events.Images("sparsity/sparsity")[0].step == 4

@@ -264,12 +264,27 @@ def evaluate_run(run_dir: str | Path, names: Sequence[str], options: dict[str, d
             continue
         log(f"[evaluate] {run_dir}: {name} ...")
         result, seconds = run_one(name, opts, model, data)
+        to_tensorboard(run_dir, name, result, run.step)
         record = {"evaluator": name, "options": options_json(opts), "key": key, "weights": weights,
                   "step": run.step, "seconds": round(seconds, 2), "loss": data.loss_name,
                   "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
         records[name] = save(result, path, record)
         log(f"[evaluate] {run_dir}: {name} in {seconds:.1f}s: {summary_line(name, records[name])}")
     return records
+
+
+def to_tensorboard(run_dir: str | Path, name: str, result: Result, step: int) -> None:
+    """The result's numbers and figures in the run's TensorBoard events (when installed)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return
+    with SummaryWriter(str(Path(run_dir) / "tensorboard")) as writer:
+        for key, value in result.metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
+                writer.add_scalar(f"{name}/{key}", value, step)
+        for figure_name, fig in result.figures.items():
+            writer.add_figure(f"{name}/{figure_name}", fig, step, close=False)
 
 
 def find_results(run_dir: str | Path, name: str, current_only: bool = True, **where) -> list[dict]:
