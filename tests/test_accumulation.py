@@ -1,4 +1,4 @@
-"""Gradient accumulation with the SAM family (PAPER.md, point 9): k micro-batches of b
+"""Gradient accumulation with the SAM family (docs/paper.md, SAM pitfall 9): k micro-batches of b
 give the update of one batch of k * b, so the ascent uses the whole batch's gradient."""
 from __future__ import annotations
 

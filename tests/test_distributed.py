@@ -1,4 +1,4 @@
-"""SAM under DDP with 2 gloo processes launched by torchrun (PAPER.md points 3 and 6).
+"""SAM under DDP with 2 gloo processes launched by torchrun (docs/paper.md, SAM pitfalls 3 and 6).
 
 Each rank perturbs by its own gradient (m-sharpness) unless ``per_rank=False``; only the
 final gradient is all-reduced; replicas stay bit-identical; an fp16 overflow on one rank

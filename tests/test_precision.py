@@ -1,4 +1,4 @@
-"""Mixed precision (PAPER.md point 6): fp16 loss scaling with both SAM passes unscaled
+"""Mixed precision (docs/paper.md, SAM pitfall 6): fp16 loss scaling with both SAM passes unscaled
 before their norms, the whole update skipped when either pass overflows; bf16 trains
 the small ViT like fp32 does."""
 from __future__ import annotations

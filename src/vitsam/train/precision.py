@@ -8,8 +8,7 @@ Why not ``torch.amp.GradScaler``: its protocol (one ``unscale_`` per optimizer s
 then ``step``, then ``update`` reading the infs ``unscale_`` recorded) assumes one
 backward per step. SAM takes two gradients per step; both must be unscaled before their
 norms are taken, and an overflow in either pass must skip the whole update, with every
-DDP rank agreeing before the ascent (PAPER.md, "What the public SAM implementations get
-wrong", point 6). ``LossScaler`` keeps GradScaler's rule, defaults and state_dict keys;
+DDP rank agreeing before the ascent (docs/paper.md, SAM pitfall 6). ``LossScaler`` keeps GradScaler's rule, defaults and state_dict keys;
 the closure in ``vitsam.train.step`` unscales and checks each pass.
 """
 from __future__ import annotations
