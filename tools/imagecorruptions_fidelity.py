@@ -68,7 +68,7 @@ def rows(name: str, label: str, clean: np.ndarray, mine: np.ndarray, reference: 
     lines = []
     for s in range(5):
         a, b = mine[s].astype(np.float64), reference[s].astype(np.float64)
-        mad = f"{np.abs(a - b).mean():.4f}" if name in DETERMINISTIC else "(random)"
+        mad = f"{np.abs(a - b).mean():.1e}" if name in DETERMINISTIC else "(random)"
         lines.append(f"| {label} | {s + 1} | {mad} | {np.abs(a - clean).mean():.4f} | {np.abs(b - clean).mean():.4f} "
                      f"| {a.std() - b.std():+.4f} |")
     return lines

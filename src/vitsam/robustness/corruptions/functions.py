@@ -221,19 +221,31 @@ def _box_spans(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
     return inside.double().argmax(1), inside.sum(1)
 
 
-def _box_resize(levels: torch.Tensor, size: int, dim: int) -> torch.Tensor:
-    """BOX resampling of 8-bit levels (integers as floats) along dim (-1 or -2) with
-    PIL's rounding of each pass to 8 bits (round half up)."""
-    start, count = (t.to(levels.device) for t in _box_spans(levels.shape[dim], size))
-    if int(count.max()) == 1:
-        return levels.index_select(dim, start)
-    zero = torch.zeros_like(levels.narrow(dim, 0, 1))
-    sums = torch.cat([zero, levels.cumsum(dim)], dim)             # exact: integers below 2^24
-    total = sums.index_select(dim, start + count) - sums.index_select(dim, start)
-    shape = [1] * levels.ndim
-    shape[dim] = -1
-    count = count.to(levels.dtype).view(shape)
+@functools.lru_cache(maxsize=32)
+def _box_members(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n_in, n_out) 0/1 matrix of which input pixels each output pixel averages, and
+    the counts (n_out,)."""
+    start, count = _box_spans(n_in, n_out)
+    pixel = torch.arange(n_in)[:, None]
+    return ((pixel >= start) & (pixel < start + count)).float(), count.float()
+
+
+def _box_down(levels: torch.Tensor, size: int, dim: int) -> torch.Tensor:
+    """BOX downsampling of 8-bit levels (integers as floats) along dim (-1 or -2), rounded
+    to 8 bits as PIL does after each pass (round half up). The sums are a product with
+    the 0/1 membership matrix: exact, integers far below 2^24."""
+    members, count = (t.to(levels.device) for t in _box_members(levels.shape[dim], size))
+    if dim == -1:
+        total = levels @ members
+    else:
+        total, count = members.T @ levels, count[:, None]
     return total.mul_(2).add_(count).div_(count * 2).floor_()
+
+
+def _box_up(levels: torch.Tensor, size: int, dim: int) -> torch.Tensor:
+    """BOX upsampling along dim: each output pixel copies the input pixel whose box holds it."""
+    start, _ = _box_spans(levels.shape[dim], size)
+    return levels.index_select(dim, start.to(levels.device))
 
 
 def pixelate(x, c, scale, g, table):
@@ -243,8 +255,8 @@ def pixelate(x, c, scale, g, table):
     picks the same pixel except at exact ties."""
     h, w = x.shape[-2:]
     levels = x.mul(255).round_().clamp_(0, 255)
-    small = _box_resize(_box_resize(levels, max(1, int(w * c)), -1), max(1, int(h * c)), -2)
-    return _box_resize(_box_resize(small, w, -1), h, -2).div_(255)
+    small = _box_down(_box_down(levels, max(1, int(w * c)), -1), max(1, int(h * c)), -2)
+    return _box_up(_box_up(small, w, -1), h, -2).div_(255)
 
 
 def elastic_transform(x, c, scale, g, table):

@@ -5,9 +5,9 @@ Random numbers are drawn from the caller's ``torch.Generator`` on its own device
 (CPU unless the caller passes a CUDA generator) and moved to the images' device, so a
 seeded generator gives the same corruption on CPU and GPU.
 
-Speed (CPU): a filter is never a dense (n, n) matrix product unless the kernel is wider
-than half the image; separable kernels run as block-Toeplitz products over padded
-windows (``correlate1d``), wide 2-D kernels through the FFT (``correlate2d``).
+Speed (CPU): separable kernels run as block-Toeplitz products over padded windows
+(``correlate1d``; a dense (n, n) product only for images up to 32 px or kernels wider than
+half the image), wide 2-D kernels through the FFT (``correlate2d``).
 """
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def _dense_filter(n: int, taps: tuple, mode: str, dtype: torch.dtype, device: to
     return filter_matrix(n, torch.tensor(taps, dtype=dtype, device=device), mode)
 
 
-BLOCK = 32   # outputs per window of the block-Toeplitz product: (BLOCK + 2r) multiply-adds per output
+BLOCK = 16   # outputs per window of the block-Toeplitz product: (BLOCK + 2r) multiply-adds per output
 
 
 @functools.lru_cache(maxsize=64)
@@ -127,7 +127,7 @@ def correlate1d(x: torch.Tensor, kernel: torch.Tensor, dim: int, mode: str) -> t
     """scipy.ndimage.correlate1d of x along dim (-1 or -2) with an odd, centred kernel."""
     n, radius = x.shape[dim], (kernel.numel() - 1) // 2
     kernel = kernel.to(device=x.device, dtype=x.dtype)
-    if 4 * radius >= n:                       # wide kernel: the dense matrix, boundary folded in
+    if 4 * radius >= n or n <= 2 * BLOCK:    # wide kernel or small image: a dense matrix, boundary folded in
         matrix = _dense_filter(n, tuple(kernel.tolist()), mode, x.dtype, x.device)
         return x @ matrix.T if dim == -1 else matrix @ x
     block = min(BLOCK, n)
@@ -349,11 +349,11 @@ def _diamond_square_plan(mapsize: int) -> tuple:
             return ((rows % mapsize) * mapsize + cols % mapsize).flatten()
 
         squares = (flat(r + half, c + half),
-                   torch.stack([flat(r, c), flat(r + step, c), flat(r, c + step), flat(r + step, c + step)], 1))
-        right = torch.stack([flat(r + half, c + half), flat(r - half, c + half), flat(r, c), flat(r, c + step)], 1)
-        below = torch.stack([flat(r + half, c + half), flat(r + half, c - half), flat(r, c), flat(r + step, c)], 1)
-        diamonds = (torch.cat([flat(r, c + half), flat(r + half, c)]), torch.cat([right, below]))
-        plan.append((squares, diamonds))
+                   torch.stack([flat(r, c), flat(r + step, c), flat(r, c + step), flat(r + step, c + step)]))
+        right = torch.stack([flat(r + half, c + half), flat(r - half, c + half), flat(r, c), flat(r, c + step)])
+        below = torch.stack([flat(r + half, c + half), flat(r + half, c - half), flat(r, c), flat(r + step, c)])
+        diamonds = (torch.cat([flat(r, c + half), flat(r + half, c)]), torch.cat([right, below], 1))
+        plan.append((squares, diamonds))                                     # neighbours: (4, points)
         step //= 2
     return tuple(plan)
 
@@ -371,7 +371,7 @@ def plasma_fractal(batch: int, mapsize: int, decay: float, generator, like: torc
         for targets, neighbours in level:
             targets, neighbours = targets.to(maps.device), neighbours.to(maps.device)
             count = len(targets)
-            mean = maps.index_select(1, neighbours.flatten()).view(batch, count, 4).sum(2).mul_(0.25)
+            mean = maps.index_select(1, neighbours.flatten()).view(batch, 4, count).sum(1).mul_(0.25)
             maps.index_copy_(1, targets, mean.add_(noise[:, used:used + count], alpha=wibble * wibble))
             used += count
         wibble /= decay
