@@ -55,16 +55,19 @@ class Evaluator:
     section: str                                       # the report section its results feed
     summary: Callable[[dict], str] | None = None       # one line for the terminal
     doc: str = ""
+    environment: Callable[[Any], dict] | None = None  # what else the result depends on (part of its key)
 
 
 EVALUATORS: dict[str, Evaluator] = {}
 
 
-def register(name: str, options: type, section: str, summary: Callable[[dict], str] | None = None):
-    """Decorator on ``run(model, data, options) -> Result``."""
+def register(name: str, options: type, section: str, summary: Callable[[dict], str] | None = None,
+             environment: Callable[[Any], dict] | None = None):
+    """Decorator on ``run(model, data, options) -> Result``; ``environment(options)`` names
+    what else than the options its result depends on (e.g. which frost images exist)."""
     def wrap(run):
         doc = (run.__doc__ or options.__doc__ or "").strip().splitlines()
-        EVALUATORS[name] = Evaluator(name, options, run, section, summary, doc[0] if doc else "")
+        EVALUATORS[name] = Evaluator(name, options, run, section, summary, doc[0] if doc else "", environment)
         return run
     return wrap
 
@@ -198,8 +201,10 @@ def result_key(name: str, options, data: RunData) -> str:
     """The file key: a hash of the evaluator, every option and the data settings. The
     weights hash is kept inside the file: newer weights replace the result."""
     data_settings = {k: v for k, v in dataclasses.asdict(data.cfg.data).items() if k not in ("data_dir", "num_workers")}
+    environment = evaluator(name).environment
     ident = dumps({"name": name, "options": options_json(options), "data": data_settings,
-                   "batch_size": data.batch_size, "seed": data.seed, "loss": data.loss_name}, indent=None)
+                   "batch_size": data.batch_size, "seed": data.seed, "loss": data.loss_name,
+                   **({"environment": environment(options)} if environment else {})}, indent=None)
     return hashlib.sha256(ident.encode()).hexdigest()[:12]
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from vitsam.errors import VitsamError
 from vitsam.evaluators.protocol import Result, evaluate_run, find_result, register, summary_line
-from vitsam.robustness.corruptions import SEVERITIES
+from vitsam.robustness.corruptions import SEVERITIES, frost_source
 from vitsam.robustness.evaluate import corrupted_sets, evaluate_attack, evaluate_corrupted_sets, evaluate_corruptions
 from vitsam.robustness.shifted import evaluate_shift
 
@@ -83,11 +83,18 @@ class CorruptionOptions:
     batch_size: int = 250
 
 
-@register("corruptions", CorruptionOptions, section="robustness", summary=corruption_summary)
+def _frost(o) -> dict:
+    """Frost blends in the reference's photographs when installed, else stand-ins: the
+    results differ, so which one is part of the result's key and record."""
+    return {"frost": frost_source()} if not o.names or "frost" in o.names else {}
+
+
+@register("corruptions", CorruptionOptions, section="robustness", summary=corruption_summary, environment=_frost)
 def corruptions(model, data, o: CorruptionOptions) -> Result:
     loader = data.loader("test", o.images or None, o.batch_size)
-    return Result(evaluate_corruptions(model, loader, list(o.names) or None, o.severities, o.params, o.seed,
-                                       baseline=_baseline(o.baseline, "corruptions"), storage=o.storage))
+    result = evaluate_corruptions(model, loader, list(o.names) or None, o.severities, o.params, o.seed,
+                                  baseline=_baseline(o.baseline, "corruptions"), storage=o.storage)
+    return Result({**result, **_frost(o)})
 
 
 @dataclass
