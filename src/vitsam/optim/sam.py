@@ -320,8 +320,9 @@ class GSAM(SAM):
         found = self._gradients()
         paired = [[(g_adv, self._first_grads[id(p)]) for p, g_adv in zip(item.params, item.grads)
                    if id(p) in self._first_grads] for item in found]
-        adversarial, first = [g for pairs in paired for g, _ in pairs], [g for pairs in paired for _, g in pairs]
+        adversarial = [g_adv for pairs in paired for g_adv, _ in pairs]
         if adversarial:
+            first = [g for pairs in paired for _, g in pairs]
             coef = _global_dot(_wide_all(first), _wide_all(adversarial)) / (
                 _global_norm([g for item in found for g in item.grads]).square() + self.eps)
             for item, pairs in zip(found, paired):
@@ -394,7 +395,8 @@ class LookSAM(SAM):
 
     @torch.no_grad()
     def _reuse_step(self) -> None:
-        """g + alpha (||g|| / ||g_v||) g_v, then the base step: two norms' worth of foreach work."""
+        """g + alpha (||g|| / ||g_v||) g_v, then the base step: one foreach norm and one
+        foreach add on top of it (||g_v|| is kept from the ascent)."""
         g_norm = _global_norm([g for item in self._gradients() for g in item.grads])
         stored, g_v_norm = self._stored_g_v()
         ratio = g_norm / (g_v_norm + self.eps)
@@ -471,7 +473,9 @@ def _add_scaled_(targets: Tensors, sources: Tensors, scale: torch.Tensor,
     by default) as one foreach call with a Python scalar: reading it costs nothing there,
     and each foreach call costs a dispatch per tensor. Elsewhere as fused foreach kernels,
     without a host sync."""
-    if scale.device.type == "cpu" if host_scalar is None else host_scalar:
+    if host_scalar is None:
+        host_scalar = scale.device.type == "cpu"
+    if host_scalar:
         torch._foreach_add_(targets, sources, alpha=scale.item())
     else:
         torch._foreach_add_(targets, torch._foreach_mul(sources, scale))
