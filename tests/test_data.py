@@ -13,7 +13,7 @@ from PIL import Image
 from vitsam.data import (Loader, center_crop, class_balanced_subset, load_source, random_resized_crop,
                          resized_crop, sample_crop_boxes, subset_source)
 from vitsam.data.sources import FASHION_MNIST_DIR, TensorSource
-from vitsam.data.transforms import eval_box, pil_resized_crop
+from vitsam.data.transforms import eval_box, jpeg_draft, pil_resized_crop, sampled_crop, sliced_crop, to_float
 from vitsam.errors import VitsamError
 
 
@@ -204,6 +204,23 @@ def test_box_at_native_size_equals_slicing():
     assert torch.allclose(out[1], images[1, :, 5:9, 0:4].flip(-1) / 255, atol=1e-5)
 
 
+def test_whole_pixel_crops_skip_resampling_with_the_same_values():
+    # boxes of the output size at whole-pixel corners: the gather equals grid_sample's
+    # bilinear taps at pixel centres, flips included, in uint8 and float, 1 and 3 channels
+    for chans in (1, 3):
+        images = uint8_images(6, chans, 11, 13, seed=chans)
+        corners = torch.randint(0, 5, (6, 2), generator=torch.Generator().manual_seed(chans)).double()
+        boxes = torch.cat([corners, torch.full((6, 2), 7.0, dtype=torch.float64)], 1)
+        flips = torch.tensor([True, False, True, True, False, False])
+        for x in (images, images / 255):
+            expected = sampled_crop(x, boxes, flips, 7)
+            assert torch.allclose(to_float(sliced_crop(x, boxes, flips, 7)), expected, atol=1e-6)
+            assert torch.allclose(resized_crop(x, boxes, flips, 7), expected, atol=1e-6)
+    half_pixel = torch.tensor([[0.5, 0.0, 7.0, 7.0]])  # not whole pixels: resampled
+    assert torch.equal(resized_crop(images[:1], half_pixel, flips[:1], 7),
+                       sampled_crop(images[:1], half_pixel, flips[:1], 7))
+
+
 def test_random_resized_crop_shape_range_and_determinism():
     images = uint8_images(16, 3, 20, 24)
     out = random_resized_crop(images, 12, torch.Generator().manual_seed(1))
@@ -250,6 +267,37 @@ def test_pil_path_agrees_with_tensor_path():
     expected = torch.from_numpy(array).permute(2, 0, 1)
     assert torch.equal(pil_resized_crop(image, box, False, 28), expected[:, 2:30, 2:30])
     assert torch.equal(pil_resized_crop(image, (0, 0, 32, 32), True, 32), expected.flip(-1))
+
+
+def smooth_photo(height: int, width: int) -> np.ndarray:
+    """A photo-like uint8 (H, W, 3) image: smooth gradients, a disc, a bar; little detail
+    above the Nyquist frequency of an 8x reduction, like most of a real photo."""
+    y, x = np.mgrid[0:height, 0:width] / max(height, width)
+    disc = ((x - 0.5) ** 2 + (y - 0.4) ** 2 < 0.05).astype(float)
+    rgb = np.stack([0.5 + 0.4 * np.sin(6 * x), 0.3 + 0.5 * y * x, 0.2 + 0.6 * disc], -1)
+    rgb[:, int(0.7 * width):int(0.75 * width), 1] = 0.9
+    return np.round(255 * np.clip(rgb, 0, 1)).astype(np.uint8)
+
+
+def test_jpeg_decodes_at_reduced_scale_close_to_the_full_decode(tmp_path):
+    Image.fromarray(smooth_photo(192, 256)).save(tmp_path / "photo.jpg", quality=95)
+    Image.fromarray(smooth_photo(192, 256)).save(tmp_path / "photo.png")
+    box = (8.0, 16.0, 160.0, 200.0)
+    with Image.open(tmp_path / "photo.jpg") as image:
+        assert jpeg_draft(image, box, 50) == (4.0, 8.0, 80.0, 100.0)   # 160 >= 2 * 50, < 4 * 50: half scale
+    with Image.open(tmp_path / "photo.jpg") as image:
+        assert jpeg_draft(image, box, 40) == (2.0, 4.0, 40.0, 50.0)    # 160 >= 4 * 40: a quarter
+    with Image.open(tmp_path / "photo.jpg") as image:
+        assert jpeg_draft(image, box, 16) == (1.0, 2.0, 20.0, 25.0)    # 160 >= 8 * 16: an eighth
+        assert image.size == (32, 24)
+        reduced = pil_resized_crop(image.convert("RGB"), (1.0, 2.0, 20.0, 25.0), True, 16).float()
+    with Image.open(tmp_path / "photo.jpg") as image:
+        assert jpeg_draft(image, box, 100) == box                      # too small a box to reduce
+        full = pil_resized_crop(image.convert("RGB"), box, True, 16).float()
+    with Image.open(tmp_path / "photo.png") as image:
+        assert jpeg_draft(image, box, 16) == box                       # not a JPEG: full size
+    # measured 0.7 and 7 of 255; a box misplaced by the scale, or a lost flip, differs by ~60
+    assert (reduced - full).abs().mean() < 1.5 and (reduced - full).abs().max() < 12
 
 
 # --------------------------------------------------------------------------- subsets

@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from vitsam.errors import VitsamError
-from vitsam.models import VisionModel, capture, create_model, explicit_attention, list_models
+from vitsam.models import (VisionModel, capture, create_model, explicit_attention, list_models, load_weights,
+                           save_weights)
+from vitsam.models.compilation import compile_in_place
 from vitsam.models.layers import DropPath
 
 # The paper's model table: millions of parameters at 224 px, 1000 classes.
@@ -139,6 +141,56 @@ def test_resnet_tiny_is_cifar_style():
     assert not any(isinstance(m, torch.nn.MaxPool2d) for m in model.modules())
     assert sorted(set(model.block_stage)) == [1, 2, 3]
     assert set(model.parameter_groups()) >= {"stage1", "stage2", "stage3", "block3"}
+
+
+def test_resnet_is_channels_last_with_the_values_of_the_nchw_model(tmp_path, single_thread):
+    model = perturb_(create_model("resnet_tiny", in_chans=3)).train()
+    convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert not model.stem[0].weight.is_contiguous()  # (1x1 kernels are alike in both layouts)
+    nchw = create_model("resnet_tiny", in_chans=3).to(memory_format=torch.contiguous_format)
+    nchw.load_state_dict(model.state_dict())
+    assert all(m.weight.is_contiguous() for m in nchw.modules() if isinstance(m, torch.nn.Conv2d))
+    x = torch.rand(4, 3, 28, 28)
+    out, ref = model(x), nchw(x)
+    assert torch.allclose(out, ref, atol=1e-5)
+    out.square().sum().backward()
+    ref.square().sum().backward()
+    for p, q in zip(model.parameters(), nchw.parameters()):
+        assert p.grad.stride() == p.stride()  # autograd keeps the gradient in the weight's layout
+        assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6)
+    save_weights(model, tmp_path / "w.safetensors")  # written as plain NCHW tensors
+    fresh = create_model("resnet_tiny", in_chans=3)
+    load_weights(fresh, tmp_path / "w.safetensors")
+    assert torch.equal(fresh.eval()(x), model.eval()(x))
+    assert fresh.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_training_uses_the_fused_attention_kernel_unless_probabilities_are_captured(monkeypatch):
+    calls = []
+    fused = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    model = create_model("vit_tiny").train()
+    model(images(model)).sum().backward()
+    assert len(calls) == len(model.blocks)
+    with capture(model, attention=True) as recording:
+        model(images(model))
+    assert len(calls) == len(model.blocks) and len(recording.attention) == len(model.blocks)
+
+
+def test_a_model_that_cannot_compile_trains_eagerly(single_thread):
+    def failing_backend(graph, example_inputs):
+        raise RuntimeError("no C++ compiler on this machine")
+
+    model = perturb_(create_model("mixer_tiny", depth=1))
+    keys = list(model.state_dict())
+    x = images(model)
+    expected = model(x)
+    compile_in_place(model, backend=failing_backend)
+    out = model(x)
+    out.sum().backward()
+    assert torch.equal(out, expected) and model.head.weight.grad is not None
+    assert list(model.state_dict()) == keys  # checkpoints stay interchangeable with eager runs
 
 
 def test_overrides_reach_the_constructor():

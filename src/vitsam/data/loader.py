@@ -14,19 +14,24 @@ every image exactly once, so counts summed over ranks are exact.
 
 In-memory sources are indexed and transformed a whole batch at a time (on ``device``);
 folder sources decode and crop per image with Pillow, in worker processes when
-``num_workers > 0``.
+``num_workers > 0``, reading each file's size from its header first, so that a JPEG whose
+crop is large decodes at a reduced scale (``transforms.jpeg_draft``); batches are pinned
+for an asynchronous copy when ``device`` is a GPU.
 """
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from typing import Iterator
 
 import numpy as np
 import torch
 import torch.utils.data
 
-from vitsam.data.sources import ImageSource, TensorSource
-from vitsam.data.transforms import (center_crop, eval_box, pil_resized_crop, random_resized_crop,
+from PIL import Image
+
+from vitsam.data.sources import FolderSource, ImageSource, TensorSource
+from vitsam.data.transforms import (center_crop, eval_box, jpeg_draft, pil_resized_crop, random_resized_crop,
                                     sample_crop_boxes, sample_flips, to_float)
 from vitsam.errors import VitsamError
 
@@ -149,16 +154,40 @@ class _FolderBatches(torch.utils.data.Dataset):
     def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         loader, source = self.loader, self.loader.source
         index = loader.batch_indices(self.order, step)
-        images = [source.load(i) for i in index.tolist()]
-        sizes = torch.tensor([[image.height, image.width] for image in images])
+        sizes = torch.tensor([image_size(source, i) for i in index.tolist()])  # (B, 2) height, width
         if loader.train:
             generator = loader.augment_generator(self.epoch, step)
             boxes = sample_crop_boxes(sizes, loader.crop_scale, loader.crop_ratio, generator)
-            flips = sample_flips(len(images), generator) if loader.hflip else torch.zeros(len(images), dtype=torch.bool)
+            flips = sample_flips(len(sizes), generator) if loader.hflip else torch.zeros(len(sizes), dtype=torch.bool)
         else:
             boxes = [eval_box(h, w, loader.img_size, loader.eval_crop_fraction) for h, w in sizes.tolist()]
-            flips = torch.zeros(len(images), dtype=torch.bool)
-        crops = [pil_resized_crop(image, box, flip, loader.img_size)
-                 for image, box, flip in zip(images, boxes, flips.tolist())]
+            flips = torch.zeros(len(sizes), dtype=torch.bool)
+        crops = [decode_crop(source, i, box, flip, loader.img_size)
+                 for i, box, flip in zip(index.tolist(), boxes, flips.tolist())]
         return torch.stack(crops), source.labels[index]  # uint8 (B, C, S, S), int64 (B,)
 
+
+@contextmanager
+def opened(source: FolderSource, index: int) -> Iterator[Image.Image]:
+    """Image ``index`` opened lazily (its header read, nothing decoded); a file Pillow
+    cannot read, now or while decoding inside the block, is named in the error."""
+    path = source.files[index]
+    try:
+        with Image.open(path) as image:
+            yield image
+    except (OSError, SyntaxError, ValueError) as err:  # UnidentifiedImageError is an OSError
+        raise VitsamError(f"cannot decode image file {str(path)!r}: {err}") from None
+
+
+def image_size(source: FolderSource, index: int) -> tuple[int, int]:
+    """(height, width) of image ``index`` from its header alone."""
+    with opened(source, index) as image:
+        return image.height, image.width
+
+
+def decode_crop(source: FolderSource, index: int, box, flip: bool, size: int) -> torch.Tensor:
+    """Image ``index`` decoded (at a reduced scale when the crop allows), ``box`` (top, left,
+    h, w) cropped, resized to (size, size), maybe mirrored: uint8 (3, size, size)."""
+    with opened(source, index) as image:
+        box = jpeg_draft(image, box, size)
+        return pil_resized_crop(image.convert("RGB"), box, flip, size)

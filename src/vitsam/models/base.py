@@ -10,7 +10,8 @@ Analyzers and evaluators depend only on this class, never on one architecture:
 - ``blocks``: the ordered residual blocks (``nn.ModuleList``);
 - ``parameter_groups()``: named lists of parameters (embedding, attention / token_mixing,
   mlp / channel_mixing, head, block1..blockL; ResNet: embedding, head, stage1..stageS,
-  block1..blockL) used by the per-block Hessian table (PAPER.md, Table 1); embedding,
+  block1..blockL) used by the per-block Hessian table (the paper's "dominant eigenvalue of
+  the Hessian's diagonal blocks" table); embedding,
   the blocks and head partition the parameters, and head holds exactly what
   ``forward_head`` uses;
 - ``no_weight_decay()``: parameter names exempt from weight decay besides ``p.ndim <= 1``;
