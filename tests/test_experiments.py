@@ -119,6 +119,7 @@ def test_data_efficiency_report_puts_numbers_where_they_belong(tmp_path):
     assert "gain on the full set: +10.0" in text and "+8.0" in text
     html_text = (tmp_path / "data-efficiency" / "report.html").read_text()
     assert "SAM vs. strong augmentations" in html_text and "16 of 16 runs finished" in html_text
+    assert '<td class="good">+10.0 [' in html_text, "a gain whose interval excludes zero is marked"
     assert (tmp_path / "report.html").is_file() and (tmp_path / "data-efficiency" / "report.txt").is_file()
 
 

@@ -118,8 +118,9 @@ def signed(estimate: Estimate | None) -> str:
     return f"{estimate.value:+.1f} [{estimate.low:+.1f}, {estimate.high:+.1f}]"
 
 
-def css(estimate: Estimate | None) -> str:
-    """'good' / 'bad' when the interval excludes zero, else ''."""
+def marked(text: str, estimate: Estimate | None) -> str | tuple[str, str]:
+    """A report cell: ``text`` coloured 'good' / 'bad' when the interval of ``estimate``
+    excludes zero (``vitsam.report.html.table``'s (text, css class) cells), else plain."""
     if estimate is None or not estimate.excludes_zero():
-        return ""
-    return "good" if estimate.value > 0 else "bad"
+        return text
+    return text, "good" if estimate.value > 0 else "bad"

@@ -27,7 +27,7 @@ from vitsam import paper, presets
 from vitsam.config import Config
 from vitsam.errors import VitsamError, unknown_choice
 from vitsam.experiments import presets as recipes
-from vitsam.experiments.runs import Run, css, gain, percent, signed
+from vitsam.experiments.runs import Run, gain, marked, percent, signed
 from vitsam.report import html
 from vitsam.stats import difference_of_differences
 
@@ -96,10 +96,10 @@ def paper_sam_cell(table: str, model: str | None, column: str) -> str:
     return f"{paper_value(table, model, column, 'sam')} ({paper_gain(table, model, column)})"
 
 
-def ours_with_gain(run: Run | None, base: Run | None) -> tuple[str, str]:
-    """Our accuracy with its paired gain over ``base``, e.g. ('55.0 (+5.0 [+3.1, +7.0])', 'good')."""
+def ours_with_gain(run: Run | None, base: Run | None) -> str | tuple[str, str]:
+    """Our accuracy with its paired gain over ``base``, e.g. '55.0 (+5.0 [+3.1, +7.0])'."""
     g = gain(base, run)
-    return f"{percent(run)} ({signed(g)})", css(g)
+    return marked(f"{percent(run)} ({signed(g)})", g)
 
 
 def by_tags(runs: list[Run], **tags) -> Run | None:
@@ -189,7 +189,7 @@ def report_table2(runs: list[Run], scope: Scope) -> Report:
         vanilla, sam = by_tags(runs, model=model, variant="vanilla"), by_tags(runs, model=model, variant="sam")
         ref = representative(model, "table2")
         g = gain(vanilla, sam)
-        rows.append([model, percent(vanilla), percent(sam), (signed(g), css(g)), paper.PAPER_NAMES.get(ref, "—"),
+        rows.append([model, percent(vanilla), percent(sam), marked(signed(g), g), paper.PAPER_NAMES.get(ref, "—"),
                      paper_value("table2", ref, "imagenet", "vanilla"), paper_value("table2", ref, "imagenet", "sam"),
                      paper_gain("table2", ref, "imagenet"), throughput(vanilla), throughput(sam)])
     return one_table("SAM vs. vanilla from scratch (the paper's Table 2)",
@@ -265,7 +265,7 @@ def report_data_efficiency(runs: list[Run], scope: Scope) -> Report:
             row = [column]
             for better, worse in diffs:
                 g = gain(cell[worse], cell[better])
-                row += [(signed(g), css(g)), paper_gain("data_efficiency", ref, column, better, worse)]
+                row += [marked(signed(g), g), paper_gain("data_efficiency", ref, column, better, worse)]
             diff_rows.append(row)
         diff_headers = ["Fraction"]
         for better, worse in (("sam", "vanilla"), ("aug", "vanilla"), ("sam_aug", "aug"), ("sam", "aug")):
