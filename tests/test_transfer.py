@@ -129,3 +129,21 @@ def test_linear_probe_trains_the_head_alone_and_keeps_batchnorm_statistics():
     model(torch.rand(4, 1, 28, 28)).sum().backward()
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in stats.items()), "frozen BatchNorm statistics"
     assert all(p.grad is None for p in model.parameters() if id(p) not in head)
+
+
+def test_the_loop_starts_from_another_run_and_probes_its_head(tmp_path):
+    """model.init_from + train.trainable=head through the real training loop: the
+    backbone is the source's and stays so; only the new head moves."""
+    from vitsam import presets
+    from vitsam.train.checkpoint import load_run
+    from vitsam.train.loop import train
+
+    source = train(presets.resolve("smoke", None, ["train.stop_after_steps=3"]), tmp_path / "source")
+    probe = train(presets.resolve("smoke", None, ["train.stop_after_steps=3", f'model.init_from="{source}"',
+                                                  'train.trainable="head"']), tmp_path / "probe")
+    before, after = load_run(source).model.state_dict(), load_run(probe).model.state_dict()
+    head = {name for name in after if name.startswith(("head.", "norm."))}
+    for name, value in after.items():
+        if name not in head:
+            assert torch.equal(value, before[name]), name
+    assert any(not torch.equal(after[name], before[name]) for name in head)

@@ -132,12 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     from vitsam.evaluators.cli import add_cli as add_evaluator_cli
     from vitsam.evaluators.robustness import add_cli as add_robust_cli
+    from vitsam.experiments.cli import add_cli as add_paper_cli
     from vitsam.models.weights import add_cli as add_weights_cli
     from vitsam.report.build import add_cli as add_report_cli
 
     add_evaluator_cli(sub)
     add_robust_cli(sub)
     add_report_cli(sub)
+    add_paper_cli(sub)
     add_weights_cli(sub)
     return parser
 

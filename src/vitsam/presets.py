@@ -179,3 +179,7 @@ def runlocal(cfg: Config) -> Config:
     cfg.optim.warmup_steps = 0
     cfg.name = f"{cfg.name}_runlocal" if cfg.name else "runlocal"
     return cfg
+
+
+# The paper's tables as experiments register their presets too (ImageNet scale and small).
+import vitsam.experiments.presets  # noqa: E402,F401

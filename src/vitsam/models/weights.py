@@ -43,7 +43,7 @@ def save_weights(model: nn.Module, path: str | Path) -> Path:
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a safetensors file into ``model``; every key and shape must match."""
     path = Path(path)
-    tensors = _read_safetensors(path)
+    tensors = read_safetensors(path)
     expected = model.state_dict()
     _check_names(expected, tensors, repr(str(path)), type(model).__name__)
     for key, value in expected.items():
@@ -54,7 +54,7 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     return model
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -92,7 +92,7 @@ def load_pretrained(model: nn.Module, source: str | Path) -> list[str]:
 
         state = load_run(path).model.state_dict()
     else:
-        state = _read_safetensors(path)
+        state = read_safetensors(path)
     return load_adapted(model, state, repr(str(path)))
 
 

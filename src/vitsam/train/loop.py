@@ -27,6 +27,7 @@ import math
 import os
 import signal
 import statistics
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,6 +54,7 @@ from vitsam.train.metrics import MetricsLog, global_norm, parameter_norm
 from vitsam.train.objectives import TrainingModule, build_objective
 from vitsam.train.precision import AUTOCAST, loss_scaler
 from vitsam.train.step import train_step
+from vitsam.train.transfer import freeze_all_but_head, initialize_from
 
 OBJECTIVE_STREAM, RANK_STREAM = 2, 3   # seeded_generator streams beside the loader's 0 (shuffle), 1 (crops)
 
@@ -87,18 +89,24 @@ def train_on(d: distributed.Dist, cfg: Config, run_dir: Path, resume: bool) -> P
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     args = model_arguments(cfg, train_source)
     model = build_model(args).to(d.device)
+    restarting = resume and (run_dir / ckpt.CHECKPOINT).exists()
+    if cfg.model.init_from and not restarting:  # transfer; a resumed run's checkpoint wins
+        message = initialize_from(model, cfg.model.init_from)
+        if d.is_main:
+            print(f"[train] {message}", file=sys.stderr)
+    if cfg.train.trainable == "head":
+        freeze_all_but_head(model)  # a linear probe: before the objective and the optimizer see the model
     objective = build_objective(cfg, model).to(d.device)
     trainee = TrainingModule(model, objective)
     optimizer = build_optimizer(trainee, cfg.optim, cfg.sam)
     steps_per_epoch = len(train_loader)
     total_steps = max(1, round(cfg.train.epochs * steps_per_epoch))
+    objective.begin(total_steps)  # e.g. MoCo's momentum schedule spans the run
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
     scaler = loss_scaler(cfg.train.precision)  # fp16 only
     # each rank its own dropout / drop-path masks: it trains on other images
     torch.manual_seed(seeded_generator(cfg.train.seed, RANK_STREAM, d.rank).initial_seed())
-    step = 0
-    if resume and (run_dir / ckpt.CHECKPOINT).exists():
-        step = restore(run_dir, trainee, optimizer, scheduler, scaler, d)
+    step = restore(run_dir, trainee, optimizer, scheduler, scaler, d) if restarting else 0
     if d.is_main:
         ckpt.atomic_write_json(args, run_dir / "model.json")
 

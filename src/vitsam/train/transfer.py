@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from vitsam.errors import VitsamError
-from vitsam.models.weights import load_adapted, load_pretrained
+from vitsam.models.weights import load_adapted, load_pretrained, read_safetensors
 from vitsam.train.checkpoint import load_checkpoint, load_run
 
 
@@ -46,13 +46,7 @@ def read_weights(source: str | Path) -> dict[str, torch.Tensor]:
             raise VitsamError(f"model.init_from={str(source)!r} is not a vitsam training checkpoint (no 'model' entry)")
         return state["model"]
     if path.suffix == ".safetensors" and path.is_file():
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as err:
-            raise VitsamError(f"model.init_from={str(source)!r} is not a readable safetensors file ({err})") from None
+        return read_safetensors(path)
     raise VitsamError(f"model.init_from={str(source)!r} is neither a run directory, a .safetensors or .npz file "
                       f"nor a .pt checkpoint")
 
