@@ -170,12 +170,17 @@ def test_training_uses_the_fused_attention_kernel_unless_probabilities_are_captu
     calls = []
     fused = F.scaled_dot_product_attention
     monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or fused(*a, **k))
-    model = create_model("vit_tiny").train()
+    model = perturb_(create_model("vit_tiny")).train()
     model(images(model)).sum().backward()
     assert len(calls) == len(model.blocks)
     with capture(model, attention=True) as recording:
         model(images(model))
     assert len(calls) == len(model.blocks) and len(recording.attention) == len(model.blocks)
+    x = images(model, batch=8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # CPU bf16: the explicit path (its fused backward is slow)
+        logits = model(x)
+    assert len(calls) == len(model.blocks)
+    assert torch.allclose(logits.float(), model(x), atol=0.05 * model(x).abs().max().item())
 
 
 def test_a_model_that_cannot_compile_trains_eagerly(single_thread):

@@ -144,8 +144,8 @@ class TrainConfig:
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     progress: bool = True
     threads: int = 0                 # torch intra-op threads; 0 = torch default
-    compile: bool = False            # torch.compile the model + loss (vitsam.models.compilation): ~10% faster
-                                     # tiny-model steps on CPU after minutes of compiling; for large models on a GPU
+    compile: bool = False            # torch.compile the model + loss (vitsam.models.compilation): 2-15% faster
+                                     # tiny-model steps on CPU after 0.5-3 min of compiling; for large models on a GPU
 
 
 @dataclass

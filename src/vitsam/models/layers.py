@@ -93,7 +93,10 @@ class Attention(nn.Module):
     kernel (fast, used when nothing needs the probabilities) and an explicit
     softmax(q k^T / sqrt(d)) path that passes the probabilities through an
     AttentionProbe and supports double backward (Hessian-vector products).
-    ``explicit`` is switched by ``explicit_attention`` and ``capture``."""
+    ``explicit`` is switched by ``explicit_attention`` and ``capture``; bf16 on a CPU
+    always takes the explicit path: torch's CPU flash-attention backward in bf16 makes
+    vit_tiny's training step 3x slower than fp32, the explicit path 1.3x faster
+    (benchmarks/bench_throughput.py --bf16, torch 2.13)."""
 
     def __init__(self, dim: int, num_heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0):
         super().__init__()
@@ -114,7 +117,7 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         drop = self.attn_drop if self.training else 0.0
-        if self.explicit:
+        if self.explicit or (q.dtype == torch.bfloat16 and q.device.type == "cpu"):
             attn = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, heads, N, N)
             attn = self.probe(attn.softmax(dim=-1))
             out = F.dropout(attn, drop, training=self.training) @ v
