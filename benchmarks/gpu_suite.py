@@ -137,13 +137,25 @@ class Trainer:
         self.optimizer = SAM(None, base, rho=0.05) if sam else base
         self.batch = batch_for(work, suite.args.batch_size, suite.device)
         self.clip = 1.0 if work.family == "vit" else 0.0
-        self.compile_s = None
+        self.compile_s, self.failed_frames = None, 0
         if compiled:
+            from torch._dynamo.utils import counters
+
+            frames = counters["frames"]
+            failed = frames["total"] - frames["ok"]
             compile_in_place(self.trainee)
             start = time.perf_counter()
             self.step()
             self.suite.sync()
             self.compile_s = time.perf_counter() - start
+            self.failed_frames = frames["total"] - frames["ok"] - failed  # > 0: some code runs eagerly
+
+    def compile_note(self) -> str:
+        if self.compile_s is None:
+            return ""
+        failed = (f"; {self.failed_frames} frames FAILED to compile and run eagerly (torch logged why)"
+                  if self.failed_frames else "")
+        return f", compiled in {self.compile_s:.0f} s{failed}"
 
     def step(self):
         return train_step(self.trainee, self.optimizer, self.batch, grad_clip=self.clip,
@@ -215,9 +227,8 @@ def throughput_stage(suite: Suite, works: list[Workload], peak: float | None, co
         mfu = f", MFU {spread((flops * r / peak for r in img_s), '.1%')}" if peak else ""
         memory = (f", peak memory {torch.cuda.max_memory_allocated(suite.device) / 2 ** 30:.1f} GiB"
                   if suite.device.type == "cuda" else "")
-        compile_note = f", compiled in {trainer.compile_s:.0f} s" if compiled else ""
         print(f"  {work.label:28s} {spread(img_s)} img/s ({flops / 1e9:.3g} GFLOP per training image{mfu}"
-              f"{memory}{compile_note})")
+              f"{memory}{trainer.compile_note()})")
         rates[work.label] = statistics.median(img_s)
         del trainer
         release(suite)
@@ -244,7 +255,7 @@ def sam_stage(suite: Suite, work: Workload, compiled: bool = False) -> None:
     ratios = [s / b for s, b in zip(times["SAM"], times["base"])]
     ms = {name: spread((1e3 * t for t in values), ".1f") for name, values in times.items()}
     print(f"  {work.label}{' compiled' if compiled else ''}: SAM / base step time {spread(ratios, '.2f')} "
-          f"(base {ms['base']} ms, SAM {ms['SAM']} ms)")
+          f"(base {ms['base']} ms, SAM {ms['SAM']} ms{trainers['SAM'].compile_note()})")
     del trainers
     release(suite)
 
