@@ -137,10 +137,12 @@ def test_image_folder_lazy_labels_and_corrupt_file(image_folder):
     assert train.labels.tolist() == [0] * 5 + [1] * 5
     assert val.labels.tolist() == [0, 0, 1, 1, 1]  # broken.png is listed; it fails when decoded
     expected = png(image_folder / "x.png", 10 + 3 * 1, 14 - 1, seed=100 * 0 + 1)  # what dog/1.png holds
-    assert np.array_equal(np.asarray(train.load(6)), expected)
+    with train.open(6) as image:
+        assert np.array_equal(np.asarray(image.convert("RGB")), expected)
     broken = val.files.index(image_folder / "val" / "dog" / "broken.png")
     with pytest.raises(VitsamError, match="broken.png"):
-        val.load(broken)
+        with val.open(broken) as image:
+            image.load()
 
 
 def test_missing_split_folder(tmp_path):

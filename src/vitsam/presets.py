@@ -120,7 +120,8 @@ def fmnist(family: str, sam: bool = False) -> Config:
     else:
         optim = OptimConfig(name="adamw", lr=3e-3 if family == "vit" else 4e-3, weight_decay=0.05,
                             warmup_fraction=0.05, schedule="cosine", grad_clip=1.0)
-    train = TrainConfig(epochs=epochs, batch_size=128, eval_batch_size=1000, log_every=50, threads=0)
+    # one thread: on a shared 2-core machine two threads ran 0.06-0.09x as fast (bench_throughput.py)
+    train = TrainConfig(epochs=epochs, batch_size=128, eval_batch_size=1000, log_every=50, threads=1)
     return Config(model=ModelConfig(name=f"{family}_tiny"), data=data, optim=optim,
                   sam=SAMConfig(rho=FMNIST_RHO[family] if sam else 0.0), train=train)
 

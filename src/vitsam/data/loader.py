@@ -21,14 +21,11 @@ for an asynchronous copy when ``device`` is a GPU.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from typing import Iterator
 
 import numpy as np
 import torch
 import torch.utils.data
-
-from PIL import Image
 
 from vitsam.data.sources import FolderSource, ImageSource, TensorSource
 from vitsam.data.transforms import (center_crop, eval_box, jpeg_draft, pil_resized_crop, random_resized_crop,
@@ -167,27 +164,15 @@ class _FolderBatches(torch.utils.data.Dataset):
         return torch.stack(crops), source.labels[index]  # uint8 (B, C, S, S), int64 (B,)
 
 
-@contextmanager
-def opened(source: FolderSource, index: int) -> Iterator[Image.Image]:
-    """Image ``index`` opened lazily (its header read, nothing decoded); a file Pillow
-    cannot read, now or while decoding inside the block, is named in the error."""
-    path = source.files[index]
-    try:
-        with Image.open(path) as image:
-            yield image
-    except (OSError, SyntaxError, ValueError) as err:  # UnidentifiedImageError is an OSError
-        raise VitsamError(f"cannot decode image file {str(path)!r}: {err}") from None
-
-
 def image_size(source: FolderSource, index: int) -> tuple[int, int]:
     """(height, width) of image ``index`` from its header alone."""
-    with opened(source, index) as image:
+    with source.open(index) as image:
         return image.height, image.width
 
 
 def decode_crop(source: FolderSource, index: int, box, flip: bool, size: int) -> torch.Tensor:
     """Image ``index`` decoded (at a reduced scale when the crop allows), ``box`` (top, left,
     h, w) cropped, resized to (size, size), maybe mirrored: uint8 (3, size, size)."""
-    with opened(source, index) as image:
+    with source.open(index) as image:
         box = jpeg_draft(image, box, size)
         return pil_resized_crop(image.convert("RGB"), box, flip, size)

@@ -16,10 +16,12 @@ Nothing is downloaded here: missing data is an error that says how to get it.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import pickle
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -86,12 +88,15 @@ class FolderSource(ImageSource):
     def select(self, indices: torch.Tensor) -> "FolderSource":
         return FolderSource([self.files[i] for i in indices.tolist()], self.labels[indices], self.classes, self.name)
 
-    def load(self, index: int) -> Image.Image:
-        """Decode image ``index`` as RGB; a file Pillow cannot read is named in the error."""
+    @contextlib.contextmanager
+    def open(self, index: int) -> Iterator[Image.Image]:
+        """Image ``index`` opened lazily (its header read, nothing decoded yet, so a loader
+        can ask for a reduced-size JPEG decode); a file Pillow cannot read, now or while
+        decoding inside the block, is named in the error."""
         path = self.files[index]
         try:
             with Image.open(path) as image:
-                return image.convert("RGB")
+                yield image
         except (OSError, SyntaxError, ValueError) as err:  # UnidentifiedImageError is an OSError
             raise VitsamError(f"cannot decode image file {str(path)!r}: {err}") from None
 

@@ -44,6 +44,7 @@ from vitsam.data.build import build_source, eval_loader
 from vitsam.errors import VitsamError
 from vitsam.evaluators.accuracy import evaluate, evaluate_splits
 from vitsam.evaluators.protocol import TrainingEvals
+from vitsam.models.compilation import compile_in_place
 from vitsam.models.weights import save_weights
 from vitsam.optim import build_optimizer, build_scheduler
 from vitsam.train import checkpoint as ckpt
@@ -78,13 +79,14 @@ def train_on(d: distributed.Dist, cfg: Config, run_dir: Path, resume: bool) -> P
     prepare_run_dir(run_dir, cfg, resume, d)
 
     train_source = build_source(cfg.data, "train")
+    # in-memory sets are cropped on the training device; folder batches arrive pinned
     train_loader = Loader(train_source, cfg.train.batch_size // d.world_size, train=True,
                           img_size=cfg.data.img_size, seed=cfg.train.seed, crop_scale=tuple(cfg.data.crop_scale),
                           crop_ratio=tuple(cfg.data.crop_ratio), hflip=cfg.data.hflip, rank=d.rank,
-                          world_size=d.world_size, num_workers=cfg.data.num_workers)
+                          world_size=d.world_size, num_workers=cfg.data.num_workers, device=d.device)
     eval_splits = ["test"] + (["val"] if cfg.data.val_fraction > 0 else [])
     eval_loaders = {split: eval_loader(cfg.data, split, cfg.train.eval_batch_size, rank=d.rank,
-                                       world_size=d.world_size) for split in eval_splits}
+                                       world_size=d.world_size, device=d.device) for split in eval_splits}
 
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     args = model_arguments(cfg, train_source)
@@ -107,6 +109,8 @@ def train_on(d: distributed.Dist, cfg: Config, run_dir: Path, resume: bool) -> P
     # each rank its own dropout / drop-path masks: it trains on other images
     torch.manual_seed(seeded_generator(cfg.train.seed, RANK_STREAM, d.rank).initial_seed())
     step = restore(run_dir, trainee, optimizer, scheduler, scaler, d) if restarting else 0
+    if cfg.train.compile:
+        compile_in_place(trainee)  # state_dict keys unchanged; an uncompilable graph runs eagerly
     if d.is_main:
         ckpt.atomic_write_json(args, run_dir / "model.json")
 
@@ -291,7 +295,7 @@ def check_batch_size(cfg: Config, d: distributed.Dist) -> None:
 # --------------------------------------------------------------------------- run directory
 
 # Keys that say how to run, not what to train: they may change when a run is resumed.
-RUNTIME_KEYS = {"train.stop_after_steps", "train.progress", "train.device", "train.threads",
+RUNTIME_KEYS = {"train.stop_after_steps", "train.progress", "train.device", "train.threads", "train.compile",
                 "train.eval_batch_size", "data.data_dir", "data.num_workers", "evals"}
 
 
