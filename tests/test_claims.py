@@ -242,3 +242,33 @@ def test_bad_evidence_is_a_clear_error():
 def test_html_table_colours_verdicts():
     text = claims.html_table(claims.scoreboard({"families": FULL}))
     assert '<td class="good">reproduced</td>' in text and "Rule" in text
+
+
+def test_held_out_lambda_max_is_shown_as_our_finding_and_never_decides():
+    from vitsam import claims
+
+    train = {"vanilla": [0.5, 0.6], "sam": [2.0, 1.5]}            # memorised: SAM sharper on training images
+    heldout = {"vanilla": [200.0, 180.0], "sam": [10.0, 12.0]}    # 15x flatter on held-out images
+    families = {f: {"lambda_max": train, "lambda_max_heldout": heldout} for f in ("vit", "mixer", "resnet")}
+    row = next(r for r in claims.scoreboard({"families": families}) if r.id == "b")
+    assert row.verdict != claims.REPRODUCED
+    assert "held-out" in row.ours and "our finding" in row.ours
+    assert any("held-out" in d["of"] for d in row.details)
+
+
+def test_one_seed_takes_its_lambda_max_interval_from_disjoint_image_subsets():
+    from vitsam import claims
+
+    def family(vanilla, sam):
+        return {"lambda_max": {"vanilla": [vanilla[0]], "sam": [sam[0]]},
+                "lambda_max_subsets": {"vanilla": vanilla, "sam": sam}}
+
+    flat = family([100.0, 110.0, 95.0, 105.0], [5.0, 5.5, 4.8, 5.2])          # ~20x, tight
+    resnet = family([50.0, 55.0, 48.0, 52.0], [40.0, 44.0, 39.0, 41.0])       # ~1.25x
+    row = next(r for r in claims.scoreboard({"families": {"vit": flat, "mixer": flat, "resnet": resnet}})
+               if r.id == "b")
+    assert row.verdict == claims.REPRODUCED and "disjoint image subsets" in row.rule
+    one_number = {"lambda_max": {"vanilla": [100.0], "sam": [5.0]}}
+    row = next(r for r in claims.scoreboard({"families": {"vit": one_number, "mixer": one_number, "resnet": resnet}})
+               if r.id == "b")
+    assert row.verdict == claims.INCONCLUSIVE

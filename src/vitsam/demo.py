@@ -1,188 +1,213 @@
-"""The main job: small ViT, Mixer and ResNet on Fashion-MNIST, each with its base optimizer
-and with SAM, then an HTML report shaped like the paper's tables.
+"""The main job: small ViT, Mixer and ResNet on Fashion-MNIST with and without SAM, in a
+data-limited regime trained to convergence (where the paper's effects can appear; see
+docs/calibration.md), then one report with the paper's numbers beside ours and a claims
+scoreboard whose verdicts are computed from the numbers.
+
+    plan -> train (runs in parallel, one thread each) -> evaluate (geometry, robustness)
+         -> vitsam.report.build_report -> OUT/report.html, OUT/claims.json
 
 Every step is resumable: a finished run (its eval.json exists) is reused, an interrupted
-one continues from its checkpoint, an analysis whose result exists is not redone.
-The report is a list of pluggable stages; each stage computes what it needs for the
-runs and returns a ``Section`` (training here, geometry and robustness in their packages).
+one continues from its checkpoint, a measured result is reused while the weights and
+options are the same.
 """
 from __future__ import annotations
 
-import json
-import platform
+import multiprocessing
+import os
 import time
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
-
-import torch
 
 from vitsam import presets
 from vitsam.config import Config
 from vitsam.errors import unknown_choice
-from vitsam.report import html
-from vitsam.train.metrics import read_metrics
 
 FAMILIES = ("vit", "mixer", "resnet")
-FAMILY_NAMES = {"vit": "ViT", "mixer": "Mixer", "resnet": "ResNet"}
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """What a demo preset trains: each family vanilla + SAM at its preset's training
+    fraction for every seed, plus ViT at the (fraction, epochs) of ``vit_fractions``
+    (the data-efficiency claim needs three fractions at least; a smaller fraction gets
+    more epochs so that SAM still fits it: docs/calibration.md), every run
+    ``epochs_scale`` times its epochs."""
+    seeds: tuple = (0,)
+    vit_fractions: tuple = ()
+    epochs_scale: float = 1.0
+    corruption_images: int = 1000
+    attack_images: int = 500
+    workers: int = 2                     # runs trained / evaluated at once (one thread each on a CPU)
+
+
+DEMO_PLANS = {
+    # 2-core CPU, about 15 minutes in all (README): the calibrated regime, one seed (a
+    # second seed gives intervals over seeds of t(1 dof) = 12.7 x the spread: too wide to
+    # decide anything, for 6 more minutes of training)
+    "quick": DemoPlan(seeds=(0,), vit_fractions=((0.005, 200.0), (0.02, 100.0))),
+    # a GPU or a long afternoon: five seeds (what separates Mixer's gain from ResNet's at
+    # this scale, docs/calibration.md) and two more fractions
+    "full": DemoPlan(seeds=(0, 1, 2, 3, 4), vit_fractions=((0.005, 200.0), (0.02, 100.0), (0.05, 100.0),
+                                                           (0.1, 100.0))),
+}
 
 
 @dataclass
 class DemoRun:
-    key: str            # "vit", "vit_sam", ...
+    key: str            # "vit", "vit_sam", "vit_f0.1_sam", "vit_s1", ...
     family: str
     sam: bool
+    main: bool          # a run at the family's main fraction: fully measured
     config: Config
     run_dir: Path
+    seconds: float = 0.0
 
     @property
     def label(self) -> str:
-        return f"{self.config.model.name}" + ("-SAM" if self.sam else "")
-
-    def summary(self) -> dict:
-        return json.loads((self.run_dir / "eval.json").read_text())
+        return self.key.replace("_sam", "-SAM")
 
 
-# Overrides on top of each family's Fashion-MNIST preset. quick: the presets as they are
-# (2-core CPU, each model >= 85% test accuracy); full: the longer version for a GPU.
-DEMO_PRESETS: dict[str, list[str]] = {
-    "quick": [],
-    "full": ["train.epochs=40", "train.batch_size=256", "train.precision=\"bf16\""],
-}
+def _resolve(family: str, sam: bool, overrides: list[str]) -> Config:
+    return presets.resolve(f"{family}_tiny_fmnist" + ("_sam" if sam else ""), None, overrides)
 
 
 def plan(preset: str, out: Path, data_dir: str | None, device: str, only: str | None) -> list[DemoRun]:
-    if preset not in DEMO_PRESETS:
-        raise unknown_choice("demo preset", preset, DEMO_PRESETS)
-    keys = [f"{family}{suffix}" for family in FAMILIES for suffix in ("", "_sam")]
-    chosen = keys if not only else [k.strip() for k in only.split(",") if k.strip()]
-    for key in chosen:
-        if key not in keys:
-            raise unknown_choice("demo run", key, keys)
+    if preset not in DEMO_PLANS:
+        raise unknown_choice("demo preset", preset, DEMO_PLANS)
+    spec = DEMO_PLANS[preset]
     runs = []
-    for key in chosen:
-        family, sam = key.removesuffix("_sam"), key.endswith("_sam")
-        cfg = presets.resolve(f"{family}_tiny_fmnist" + ("_sam" if sam else ""), None,
-                                 DEMO_PRESETS[preset] + [f"train.device=\"{device}\""])
-        if data_dir:
-            cfg.data.data_dir = data_dir
-        runs.append(DemoRun(key, family, sam, cfg, out / key))
+    base = [f'train.device="{device}"', "train.progress=false", "train.threads=1"]
+    for family in FAMILIES:
+        for seed in spec.seeds:
+            for sam in (False, True):
+                suffix = (f"_s{seed}" if seed else "") + ("_sam" if sam else "")
+                cfg = _resolve(family, sam, base + [f"train.seed={seed}", f"data.subset_seed={seed}"])
+                runs.append(DemoRun(f"{family}{suffix}", family, sam, True, cfg, out / f"{family}{suffix}"))
+    main_vit = _resolve("vit", False, base).data.train_fraction
+    for fraction, epochs in spec.vit_fractions:
+        if fraction == main_vit:
+            continue
+        for sam in (False, True):
+            key = f"vit_f{fraction:g}" + ("_sam" if sam else "")
+            cfg = _resolve("vit", sam, base + [f"data.train_fraction={fraction}", f"train.epochs={epochs}"])
+            runs.append(DemoRun(key, "vit", sam, False, cfg, out / key))
+    if only:
+        keys = {run.key for run in runs}
+        chosen = [k.strip() for k in only.split(",") if k.strip()]
+        for key in chosen:
+            if key not in keys:
+                raise unknown_choice("demo run", key, sorted(keys))
+        runs = [run for run in runs if run.key in chosen]
+    for run in runs:
+        run.config.train.epochs *= spec.epochs_scale
+        run.config.data.data_dir = data_dir or run.config.data.data_dir
     return runs
 
 
-def train_runs(runs: list[DemoRun]) -> None:
+# --------------------------------------------------------------------------- parallel work
+
+def _train_one(cfg: Config, run_dir: str) -> float:
+    """In a worker process: train (or resume) one run with one thread."""
+    import torch
+
     from vitsam.train.loop import train
 
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    train(cfg, run_dir, resume=(Path(run_dir) / "checkpoints" / "last.pt").exists())
+    return time.perf_counter() - start
+
+
+def _evaluate_one(run_dir: str, requests: list, device: str) -> float:
+    """In a worker process: run (or reuse) the measurements of one run with one thread."""
+    import torch
+
+    from vitsam.evaluators.protocol import measure
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    measure(run_dir, requests, device=device, log=lambda text: print(f"[demo] {text}", flush=True))
+    return time.perf_counter() - start
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    # spawn: a clean interpreter per worker (torch's thread pools do not survive fork well)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def train_runs(runs: list[DemoRun], workers: int) -> None:
+    todo = [run for run in runs if not (run.run_dir / "eval.json").exists()]
     for run in runs:
-        if (run.run_dir / "eval.json").exists():
+        if run not in todo:
             print(f"[demo] {run.key}: finished earlier, reusing {run.run_dir}")
-            continue
-        print(f"[demo] {run.key}: training {run.config.model.name} (sam.rho={run.config.sam.rho})")
-        start = time.perf_counter()
-        train(run.config, run.run_dir, resume=(run.run_dir / "checkpoints" / "last.pt").exists())
-        result = run.summary()
-        print(f"[demo] {run.key}: test accuracy {result['test_accuracy']:.4f} "
-              f"in {time.perf_counter() - start:.0f}s")
+    # the longest first (SAM, then more data), so two workers finish together
+    todo.sort(key=lambda r: (r.sam, r.config.data.train_fraction * r.config.train.epochs), reverse=True)
+    with _pool(workers) as pool:
+        futures = {run.key: pool.submit(_train_one, run.config, str(run.run_dir)) for run in todo}
+        for run in todo:
+            run.seconds = futures[run.key].result()
+            print(f"[demo] {run.key}: trained in {run.seconds:.0f}s", flush=True)
 
 
-# --------------------------------------------------------------------------- training section
-
-def training_section(runs: list[DemoRun]) -> html.Section:
-    section = html.Section("Accuracy and throughput (shaped like the paper's Table 2)")
-    section.add(html.paragraph(
-        "Each small model trained from scratch on Fashion-MNIST with Inception-style crop + flip only, "
-        "with its base optimizer and with SAM. Throughput is training images per second on this "
-        "machine (SAM runs do two forward/backward passes per step). The paper reports +0.7 to +11.0 "
-        "top-1 on ImageNet, largest for Mixer and ViT; on a small easy data set the gains are smaller."))
-    by_key = {run.key: run for run in runs}
-    rows = []
-    for run in runs:
-        result = run.summary()
-        accuracy = 100 * result["test_accuracy"]
-        cell: object = f"{accuracy:.2f}"
-        base = by_key.get(run.family)
-        if run.sam and base is not None:
-            gain = accuracy - 100 * base.summary()["test_accuracy"]
-            cell = (f"{accuracy:.2f} ({gain:+.2f})", "good" if gain > 0 else "bad")
-        rows.append([run.label, f"{result['parameters'] / 1e3:.0f}k", f"{result['train_images_per_s']:.0f}",
-                     f"{run.config.sam.rho:g}", f"{run.config.train.epochs:g}", cell])
-    section.add(html.table(["Model", "#params", "Train img/s", "SAM rho", "Epochs", "Test top-1 % (SAM gain)"],
-                           rows, caption="Fashion-MNIST test accuracy"))
-    section.add(html.figure(training_curves(runs), "Training loss (left) and test accuracy (right) per epoch; "
-                                                   "dashed lines are the SAM runs."))
-    return section
+# lambda_max on every seed, training and held-out images (the claims need both seeds)
+LAMBDA_MAX = {"examples": 512, "subsets": 4, "tol": 1e-2, "density_steps": 0, "density_vectors": 1,
+              "trace_samples": 1, "blocks": False}
 
 
-def training_curves(runs: list[DemoRun]):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    colors = {"vit": "tab:blue", "mixer": "tab:orange", "resnet": "tab:green"}
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.8))
-    for run in runs:
-        style = dict(color=colors[run.family], linestyle="--" if run.sam else "-", label=run.label)
-        train_log = read_metrics(run.run_dir, "train")
-        ax_loss.plot([r["epoch"] for r in train_log], [r["loss"] for r in train_log], **style)
-        evals = read_metrics(run.run_dir, "eval")
-        ax_acc.plot([r["epoch"] for r in evals], [100 * r["test_accuracy"] for r in evals], marker="o", **style)
-    ax_loss.set(xlabel="epoch", ylabel="training loss", yscale="log")
-    ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)")
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-    ax_acc.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+def measurements(run: DemoRun, spec: DemoPlan) -> list[tuple[str, dict]]:
+    """Every main run: lambda_max on training and held-out images, activation sparsity.
+    The first seed's main runs: everything the report draws (the per-block table, the
+    spectrum, NTK, landscapes, attention, corruptions, attacks). Other runs: their test
+    accuracy alone (from training)."""
+    if not run.main:
+        return []
+    requests = [("hessian", {**LAMBDA_MAX, "split": "val"}), ("sparsity", {})]
+    if run.config.train.seed == spec.seeds[0]:
+        requests += [("hessian", {"tol": 1e-2, "density_steps": 40, "density_vectors": 2, "trace_samples": 8}),
+                     ("ntk", {}), ("landscape", {}), ("perturbed", {}),
+                     ("corruptions", {"images": spec.corruption_images}), ("attack", {"images": spec.attack_images})]
+        if run.family == "vit":
+            requests.append(("attention", {}))
+    else:
+        requests.append(("hessian", LAMBDA_MAX))
+    return requests
 
 
-# --------------------------------------------------------------------------- stages
-
-Stage = Callable[[list[DemoRun]], html.Section]
-
-
-def labelled(runs: list[DemoRun]) -> list[tuple[str, Path]]:
-    return [(run.label, run.run_dir) for run in runs]
-
-
-def robustness_stage(runs: list[DemoRun]) -> html.Section:
-    """Corrupted (19 corruptions x 5 severities) and PGD accuracy on a test subset."""
-    from vitsam.evaluators.protocol import evaluate_run
-    from vitsam.robustness.report import robustness_section
-
-    for run in runs:
-        evaluate_run(run.run_dir, ["corruptions", "attack"], device=str(run_device(run)),
-                     log=lambda text: print(f"[demo] {text}"))
-    return robustness_section(labelled(runs))
-
-
-def geometry_stage(runs: list[DemoRun]) -> html.Section:
-    """Hessian, NTK, landscapes, sparsity and attention (the paper's Table 1 and figures)."""
-    from vitsam.analysis.report import geometry_section
-
-    return geometry_section(labelled(runs), device=str(run_device(runs[0])),
-                            log=lambda text: print(f"[demo] {text}"))
-
-
-def run_device(run: DemoRun) -> torch.device:
-    from vitsam.train.distributed import pick_device
-
-    return pick_device(run.config.train.device)
-
-
-def stages() -> list[Stage]:
-    """The report's sections in order; each computes what it needs (resumably), then draws."""
-    return [training_section, geometry_stage, robustness_stage]
+def evaluate_runs(runs: list[DemoRun], spec: DemoPlan, device: str) -> None:
+    jobs = [(run, measurements(run, spec)) for run in runs]
+    jobs = sorted([job for job in jobs if job[1]], key=lambda job: -len(job[1]))   # the longest first
+    with _pool(spec.workers) as pool:
+        futures = [pool.submit(_evaluate_one, str(run.run_dir), requests, device) for run, requests in jobs]
+        for future in futures:
+            future.result()
 
 
 def run_demo(preset: str = "quick", out: str | Path = "runs/demo", data_dir: str | None = None,
              only: str | None = None, device: str = "auto") -> Path:
+    from vitsam.report.build import build_report
+
     out = Path(out)
-    start = time.perf_counter()
     runs = plan(preset, out, data_dir, device, only)
-    train_runs(runs)
-    sections = [stage(runs) for stage in stages()]
-    meta = (f"preset {preset}; {platform.node()} ({platform.machine()}, {torch.get_num_threads()} threads, "
-            f"torch {torch.__version__}); wall time {time.perf_counter() - start:.0f}s for this invocation")
-    report = html.write(out / "report.html", "vitsam demo: ViT, Mixer and ResNet with and without SAM "
-                                             "on Fashion-MNIST", sections, meta)
+    spec = DEMO_PLANS[preset]
+    if device != "cpu" and _has_gpu():
+        spec = replace(spec, workers=1)   # one GPU: one run at a time, all its threads
+    timings, start = {}, time.perf_counter()
+    train_runs(runs, spec.workers)
+    timings["training"] = time.perf_counter() - start
+    start = time.perf_counter()
+    evaluate_runs(runs, spec, device)
+    timings["evaluation"] = time.perf_counter() - start
+    start = time.perf_counter()
+    report = build_report([run.run_dir for run in runs], out / "report.html",
+                          title="vitsam demo: ViT, Mixer and ResNet with and without SAM on Fashion-MNIST",
+                          labels=[run.label for run in runs], evaluate=False, device=device,
+                          timings={**timings}, log=lambda text: print(f"[demo] {text}"))
+    print(f"[demo] report in {time.perf_counter() - start:.0f}s")
     return report
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and os.environ.get("CUDA_VISIBLE_DEVICES", "x") != ""

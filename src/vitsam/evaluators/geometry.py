@@ -1,13 +1,23 @@
 """The loss-geometry analyzers of ``vitsam.analysis`` under the evaluator protocol: each
-runs on the run's un-augmented training images (a class-stratified prefix, as many as
-its options ask for) with the run's own training loss, in eval mode."""
+runs on un-augmented images of the run (a class-stratified prefix, as many as its
+options ask for) with the run's own training loss, in eval mode.
+
+The paper measures on training images (``split="train"``). A model trained to zero
+training loss has a vanishing training-loss Hessian (the softmax saturates: the
+curvature J^T (diag(p) - p p^T) J goes to zero with the loss), so the same measures on
+held-out images of the same distribution (``split="val"``, the run's validation hold-out)
+are offered beside them (docs/calibration.md).
+"""
 from __future__ import annotations
+
+import dataclasses
 
 from vitsam.analysis.activations import ActivationSparsity
 from vitsam.analysis.attention import AttentionMaps
 from vitsam.analysis.hessian import HessianAnalysis
 from vitsam.analysis.landscape import GaussianPerturbation, LossLandscape
 from vitsam.analysis.ntk import NTKConditioning
+from vitsam.errors import VitsamError
 from vitsam.evaluators.protocol import Result, register
 
 ANALYZERS = (HessianAnalysis, NTKConditioning, LossLandscape, GaussianPerturbation, ActivationSparsity,
@@ -49,13 +59,23 @@ def sparsity_summary(record: dict) -> str:
 SUMMARIES = {"hessian": hessian_summary, "ntk": ntk_summary, "sparsity": sparsity_summary}
 
 
+SPLITS = ("train", "val")
+
+
 def _register(cls) -> None:
-    def run(model, data, options) -> Result:
-        analysis = options.run(model, data.batches("train", examples_needed(options)), data.loss_fn)
-        return Result(analysis.metrics, analysis.figures)
+    # the analyzer's own options plus the split it measures on
+    options = dataclasses.make_dataclass(f"{cls.__name__}Options", [("split", str, dataclasses.field(default="train"))],
+                                         bases=(cls,))
+    options.__doc__ = cls.__doc__
+
+    def run(model, data, opts) -> Result:
+        if opts.split not in SPLITS:
+            raise VitsamError(f"{cls.name}.split={opts.split!r}; valid choices: {', '.join(SPLITS)}")
+        analysis = opts.run(model, data.batches(opts.split, examples_needed(opts)), data.loss_fn)
+        return Result({**analysis.metrics, "split": opts.split}, analysis.figures)
 
     run.__doc__ = (cls.__doc__ or "").strip()
-    register(cls.name, cls, section="geometry", summary=SUMMARIES.get(cls.name))(run)
+    register(cls.name, options, section="geometry", summary=SUMMARIES.get(cls.name))(run)
 
 
 for _cls in ANALYZERS:

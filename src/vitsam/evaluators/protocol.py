@@ -243,13 +243,24 @@ def evaluate_run(run_dir: str | Path, names: Sequence[str], options: dict[str, d
                  log: Callable[[str], None] = print) -> dict[str, dict]:
     """Run evaluators ``names`` on a run's latest weights, reusing cached results; returns
     name -> result record (metrics + name, options, key, weights, step, seconds)."""
+    options = options or {}
+    for name in options:
+        evaluator(name)  # an option for an unknown evaluator fails before anything runs
+    records = measure(run_dir, [(name, options.get(name)) for name in names], force, device, batch_size,
+                      data_dir, log)
+    return dict(zip(names, records))
+
+
+def measure(run_dir: str | Path, requests: Sequence[tuple[str, dict | None]], force: bool = False,
+            device: str = "auto", batch_size: int = 128, data_dir: str | None = None,
+            log: Callable[[str], None] = print) -> list[dict]:
+    """Run each (evaluator name, option overrides) of ``requests`` on a run's latest
+    weights, reusing cached results (one evaluator may appear with several options, e.g.
+    on training and on held-out images); returns the records in request order."""
     from vitsam.train.checkpoint import load_run
     from vitsam.train.distributed import pick_device
 
-    options = options or {}
-    for name in list(names) + list(options):
-        evaluator(name)  # unknown names fail before anything runs
-    configured = {name: configure(name, options.get(name)) for name in names}
+    configured = [(name, configure(name, overrides)) for name, overrides in requests]  # fail early
     run = load_run(run_dir)
     if data_dir:
         run.config.data.data_dir = data_dir
@@ -257,15 +268,15 @@ def evaluate_run(run_dir: str | Path, names: Sequence[str], options: dict[str, d
     model = run.model.to(device)
     data = RunData(run.config, device, batch_size)
     weights = weights_hash(model)
-    records = {}
-    for name, opts in configured.items():
+    records = []
+    for name, opts in configured:
         key = result_key(name, opts, data)
         path = result_path(run_dir, name, key)
         cached = json.loads(path.read_text()) if path.is_file() else None
         if cached and cached.get("weights") == weights and not force:
             log(f"[evaluate] {run_dir}: {name}: reusing the result of {cached.get('finished', 'earlier')} "
                 f"(same weights, step {cached.get('step')}, same options)")
-            records[name] = cached
+            records.append(cached)
             continue
         log(f"[evaluate] {run_dir}: {name} ...")
         result, seconds = run_one(name, opts, model, data)
@@ -273,8 +284,8 @@ def evaluate_run(run_dir: str | Path, names: Sequence[str], options: dict[str, d
         record = {"evaluator": name, "options": options_json(opts), "key": key, "weights": weights,
                   "step": run.step, "seconds": round(seconds, 2), "loss": data.loss_name,
                   "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-        records[name] = save(result, path, record)
-        log(f"[evaluate] {run_dir}: {name} in {seconds:.1f}s: {summary_line(name, records[name])}")
+        records.append(save(result, path, record))
+        log(f"[evaluate] {run_dir}: {name} in {seconds:.1f}s: {summary_line(name, records[-1])}")
     return records
 
 

@@ -223,7 +223,8 @@ def fraction_key(column: str) -> str:
 def plan_data_efficiency(scope: Scope, models) -> list[Run]:
     runs = []
     base_fraction = SMALL_BASE_FRACTION if scope.small else 1.0
-    extra_small = [f"train.epochs={SMALL_EPOCHS}", f"train.eval_every_epochs={SMALL_EVAL_EVERY}"]
+    extra_small = [f"train.epochs={SMALL_EPOCHS}", f"train.eval_every_epochs={SMALL_EVAL_EVERY}",
+                   "data.val_fraction=0"]   # fractions of all 60,000 images, no hold-out
     for model in models:
         for column, fraction in FRACTIONS.items():
             for variant, suffix in VARIANT_PRESETS.items():

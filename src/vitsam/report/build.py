@@ -283,9 +283,10 @@ def main_pairs(report: ReportRuns, family: str) -> list[Pair]:
     return _by_seed([p for p in pairs if p.vanilla.fraction == main])
 
 
-def evidence(report: ReportRuns, measured: Callable[[ReportRun, str], dict | None]) -> dict:
+def evidence(report: ReportRuns, measured: Callable[..., dict | None]) -> dict:
     """The claims scoreboard's evidence (``vitsam.claims``) from the runs' own files and
-    their evaluator results (``measured(run, name)`` -> the newest result or None)."""
+    their evaluator results (``measured(run, name, **option_filter)`` -> the newest
+    result or None)."""
     from vitsam.robustness.correctness import corruption_scores, correct_vector
 
     families = {}
@@ -327,13 +328,17 @@ def _eps_label(key: str) -> str:
 
 
 def _add_geometry(entry: dict, pairs: Sequence[Pair], measured) -> None:
-    """lambda_max, NTK kappa and sparsity per seed, from the runs' geometry results."""
-    hessian = [[measured(r, "hessian") for r in (p.vanilla, p.sam)] for p in pairs]
-    if all(all(h) for h in hessian):
-        entry["lambda_max"] = {"vanilla": [h[0]["lambda_max"] for h in hessian],
-                               "sam": [h[1]["lambda_max"] for h in hessian]}
-    else:
-        entry["missing"]["lambda_max"] = "no Hessian result for every run (vitsam analyze)"
+    """lambda_max (training and held-out images), NTK kappa and sparsity per seed, from
+    the runs' geometry results."""
+    for key, split in (("lambda_max", "train"), ("lambda_max_heldout", "val")):
+        hessian = [[measured(r, "hessian", split=split) for r in (p.vanilla, p.sam)] for p in pairs]
+        if all(all(h) for h in hessian):
+            entry[key] = {"vanilla": [h[0]["lambda_max"] for h in hessian], "sam": [h[1]["lambda_max"] for h in hessian]}
+            subsets = [(h.get("spread") or {}).get("lambda_max", {}).get("values") for h in hessian[0]]
+            if all(subsets):
+                entry[f"{key}_subsets"] = {"vanilla": subsets[0], "sam": subsets[1]}
+        else:
+            entry["missing"][key] = f"no Hessian result on {split} images for every run (vitsam analyze)"
     ntk = [measured(r, "ntk") for r in (pairs[0].vanilla, pairs[0].sam)]
     if all(ntk):
         kernels = [_ntk_blocks(n) for n in ntk]
@@ -414,10 +419,10 @@ def evaluate_runs(report: ReportRuns, sections: Sequence[str], device: str, log)
         report.timings[section] = report.timings.get(section, 0.0) + time.perf_counter() - start
 
 
-def measured_result(run: ReportRun, name: str) -> dict | None:
+def measured_result(run: ReportRun, name: str, **where) -> dict | None:
     from vitsam.evaluators.protocol import find_result
 
-    return find_result(run.run_dir, name)
+    return find_result(run.run_dir, name, **where)
 
 
 def build_report(run_dirs: Sequence[str | Path], out: str | Path, title: str | None = None,
