@@ -3,8 +3,11 @@
 Each rank perturbs by its own gradient (m-sharpness) unless ``per_rank=False``; only the
 final gradient is all-reduced; replicas stay bit-identical; an fp16 overflow on one rank
 skips the step on both; a worker killed mid-run is restarted by torchrun and the run
-continues from its checkpoint to the weights of an uninterrupted run. The worker script
-is tests/distributed_worker.py; the expected updates are computed here, in one process.
+continues from its checkpoint to the weights of an uninterrupted run. Under dropout the
+ranks start from the same weights but draw their own masks; evaluation sharded over the
+ranks gives exactly what one process gives, also on an odd number of images. The worker
+script is tests/distributed_worker.py; the expected updates and evaluations are computed
+here, in one process.
 """
 from __future__ import annotations
 
@@ -13,13 +16,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import json
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
 import distributed_worker as worker
-from vitsam.train.checkpoint import CHECKPOINT, load_checkpoint
+from vitsam.data.build import eval_loader
+from vitsam.evaluators.accuracy import evaluate
+from vitsam.train.checkpoint import CHECKPOINT, build_model, load_checkpoint, load_run
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 pytestmark = pytest.mark.skipif(not FMNIST.exists(), reason="Fashion-MNIST not installed (make data)")
@@ -39,6 +47,14 @@ def steps_run(tmp_path_factory) -> tuple[Path, list[dict]]:
     out = tmp_path_factory.mktemp("ddp")
     torchrun("steps", out)
     return out, [torch.load(out / f"steps_rank{r}.pt", weights_only=True) for r in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def details_run(tmp_path_factory) -> tuple[Path, list[dict]]:
+    out = tmp_path_factory.mktemp("ddp_details")
+    worker.write_details_data(out / "data.npz")
+    torchrun("details", out)
+    return out, [torch.load(out / f"details_rank{r}.pt", weights_only=True) for r in (0, 1)]
 
 
 # ---------------------------------------------------------------------- by hand, one process
@@ -132,3 +148,75 @@ def test_killed_worker_is_restarted_and_resumes_from_the_checkpoint(steps_run, t
         assert torch.equal(value["exp_avg"], part["optimizer"]["base"]["state"][key]["exp_avg"])
     steps = [line for line in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines() if '"train"' in line]
     assert len(steps) == 9, "rank 0 alone logs, and the restart dropped the records after step 3"
+
+
+# ---------------------------------------------------------------------- dropout and sharded evaluation
+
+def test_ranks_start_from_the_same_weights(details_run):
+    """Built before DDP's broadcast, so a per-rank seed before the model would show here."""
+    out, (rank0, rank1) = details_run
+    torch.manual_seed(json.loads((out / "run" / "config.json").read_text())["train"]["seed"])
+    expected = build_model(json.loads((out / "run" / "model.json").read_text())).state_dict()
+    assert rank0["initial"].keys() == rank1["initial"].keys() == expected.keys()
+    for key, value in expected.items():
+        assert torch.equal(rank0["initial"][key], value), key
+        assert torch.equal(rank1["initial"][key], value), key
+
+
+def test_each_rank_draws_its_own_dropout_masks(details_run):
+    out, (rank0, rank1) = details_run
+    masks0, masks1 = rank0["masks"], rank1["masks"]
+    # pos_drop, and per block the attention projection's and the MLP's two dropouts
+    depth = worker.details_config(out).model.overrides["depth"]
+    assert len(masks0) == 1 + 3 * depth and masks0.keys() == masks1.keys()
+    for name in masks0:
+        a, b = masks0[name], masks1[name]
+        assert a["dropped"].shape == b["dropped"].shape, name  # the same step, batches of the same size
+        for mask in (a, b):
+            rate = mask["dropped"].sum().item() / mask["given"].sum().item()
+            assert abs(rate - worker.DROP_RATE) < 0.05, (name, rate)  # dropout is really on
+        both = a["given"] & b["given"]  # where both inputs were non-zero, zeros are dropout's
+        assert both.float().mean() > 0.9, name
+        assert not torch.equal(a["dropped"][both], b["dropped"][both]), f"{name}: both ranks drew the same mask"
+
+
+def one_process_evaluation(out: Path, model, examples: int | None, batch_size: int):
+    cfg = worker.details_config(out)
+    loader = eval_loader(cfg.data, "test", batch_size, examples=examples)
+    labels = loader.source.labels.numpy()
+    return evaluate(model, loader, torch.device("cpu"), keep_predictions=True), labels
+
+
+def assert_same_evaluation(sharded: dict, single, labels: np.ndarray) -> None:
+    assert sharded["images"] == single.images == len(labels)  # no image twice, none dropped
+    assert np.array_equal(sharded["labels"], labels), "the images come back in split order"
+    assert np.array_equal(sharded["predicted"], single.predicted), "per-image predictions"
+    correct = int((sharded["predicted"] == sharded["labels"]).sum())
+    assert correct == int((single.predicted == single.labels).sum())
+    assert sharded["accuracy"] == single.accuracy == correct / len(labels)
+    assert sharded["loss"] == pytest.approx(single.loss, rel=1e-6)  # float sums in another order
+
+
+@pytest.mark.parametrize("examples", worker.EVAL_SIZES)
+def test_sharded_evaluation_equals_one_process(details_run, examples, single_thread):
+    out, ranks = details_run
+    single, labels = one_process_evaluation(out, worker.eval_model(), examples, worker.EVAL_BATCH)
+    if examples > worker.EVAL_BATCH:  # predictions that vary per image, or a wrong order could go unseen
+        assert 0 < single.accuracy < 1 and len(np.unique(single.predicted)) > 1
+    for rank in ranks:  # every rank holds the all-reduced result
+        assert_same_evaluation({k: v.numpy() if torch.is_tensor(v) else v for k, v in rank["eval"][examples].items()},
+                               single, labels)
+
+
+def test_training_run_final_evaluation_is_sharded_exactly(details_run, single_thread):
+    """The loop's own sharded evaluation (eval.json, predictions.npz) of the odd test set."""
+    out, _ = details_run
+    run = load_run(out / "run")
+    single, labels = one_process_evaluation(out, run.model, None, 1000)  # other batches than the run's
+    summary = json.loads((out / "run" / "eval.json").read_text())
+    with np.load(out / "run" / "predictions.npz", allow_pickle=False) as saved:
+        sharded = {"accuracy": summary["test_accuracy"], "loss": summary["test_loss"],
+                   "images": summary["test_images"], "predicted": saved["test_predicted"],
+                   "labels": saved["test_labels"]}
+    assert summary["devices"] == 2 and len(labels) == worker.TEST_IMAGES
+    assert_same_evaluation(sharded, single, labels)

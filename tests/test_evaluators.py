@@ -100,3 +100,13 @@ def test_tensorboard_events_hold_training_scalars_and_evaluator_figures(tmp_path
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
     assert {"sparsity/sparsity", "perturbed/perturbed_loss"} <= set(tags["images"])
     assert events.Images("sparsity/sparsity")[0].step == 4
+
+
+def test_weights_hash_covers_every_tensor_including_batchnorm_counters():
+    from vitsam.models import create_model
+
+    model = create_model("resnet_tiny", num_classes=10)
+    before = protocol.weights_hash(model)
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.num_batches_tracked += 1  # a 0-d integer buffer
+    assert protocol.weights_hash(model) != before

@@ -1,30 +1,37 @@
-"""Loss-geometry analyzers: the paper's lens (Table 1, the per-block Hessian table,
-the landscape, sparsity and attention figures).
+"""Loss-geometry analyzers: the paper's lens (Table 1, the per-block table, the
+landscape, sparsity and attention figures) and the measures SAM papers report.
 
-Modules: ``hessian`` (eigenvalues, trace, spectral density, per-block table),
-``ntk`` (empirical kernel and its condition number), ``landscape`` (filter-normalized
-directions, 1-D / 2-D plots, interpolation, Gaussian-perturbed loss), ``activations``
-(MLP sparsity), ``attention`` (class-token maps, rollout), ``runner`` (``vitsam analyze``)
-and ``report`` (the demo report's geometry section).
+Modules: ``operators`` (the Hessian and Gauss-Newton operators), ``curvature``
+(Lanczos, power iteration, Hutchinson / Hutch++ traces, stochastic Lanczos quadrature),
+``hessian`` (the Hessian and GGN analyzers, the per-block table), ``ntk`` (empirical
+kernels and their condition numbers), ``landscape`` (filter-normalized and
+trajectory-PCA directions, 1-D / 2-D plots, interpolation, Gaussian-perturbed loss),
+``sharpness`` (worst-case, adaptive and m-sharpness), ``activations`` (MLP sparsity),
+``attention`` (class-token maps, rollout) and ``report`` (the report's geometry section).
 
-Every analyzer has the shape DESIGN.md asks for: a dataclass of options configured
-once, ``run(model, batches)`` returning an ``AnalysisResult`` whose ``metrics`` are
-JSON-serializable and whose ``figures`` are matplotlib figures. They depend only on
-``nn.Module`` plus, where present, the model contract of ``vitsam.models.base``.
+Every analyzer has one shape: a dataclass of options with a class attribute ``name``,
+configured once, and ``run(model, batches, loss_fn=...)`` returning an
+``AnalysisResult`` whose ``metrics`` are JSON-serializable and whose ``figures`` are
+matplotlib figures. They depend only on ``nn.Module`` plus, where present, the model
+contract of ``vitsam.models.base``.
 
 This file holds the few helpers they share: the measurement mode (eval mode and the
-explicit attention path) and the size-weighted loss over a fixed list of batches.
+explicit attention path), the size-weighted loss over a fixed list of batches, and
+disjoint subsets with the spread of a statistic over them.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitsam.errors import VitsamError
 from vitsam.models import explicit_attention
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # images (B, C, H, W), int64 labels (B,)
@@ -90,6 +97,27 @@ def evaluate(model: nn.Module, batches: Sequence[Batch], loss_fn: LossFn = cross
             loss += weight * float(loss_fn(logits, labels))
             error += weight * float((logits.argmax(-1) != labels).float().mean())
     return loss, error
+
+
+def disjoint_subsets(batches: Sequence[Batch], parts: int) -> list[list[Batch]]:
+    """``parts`` disjoint, equal-sized, consecutive pieces of the examples (the remainder
+    left out), each as one batch."""
+    images = torch.cat([x for x, _ in batches])
+    labels = torch.cat([y for _, y in batches])
+    size = len(labels) // parts
+    if size < 1:
+        raise VitsamError(f"cannot split {len(labels)} examples into {parts} disjoint subsets")
+    return [[(images[i * size:(i + 1) * size], labels[i * size:(i + 1) * size])] for i in range(parts)]
+
+
+def spread(values: Sequence[float]) -> dict:
+    """Mean, sample standard deviation, and the batch-means standard error sd / sqrt(S),
+    the usual estimate of the uncertainty of the statistic on the union of S disjoint
+    subsets (it treats the statistic as roughly an average over examples)."""
+    values = np.asarray(values, dtype=float)
+    sd = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+    return {"values": values.tolist(), "mean": float(values.mean()), "sd": sd,
+            "stderr": sd / math.sqrt(len(values)), "min": float(values.min()), "max": float(values.max())}
 
 
 def device_of(model: nn.Module) -> torch.device:

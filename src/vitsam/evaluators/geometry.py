@@ -14,14 +14,15 @@ import dataclasses
 
 from vitsam.analysis.activations import ActivationSparsity
 from vitsam.analysis.attention import AttentionMaps
-from vitsam.analysis.hessian import HessianAnalysis
+from vitsam.analysis.hessian import GaussNewtonAnalysis, HessianAnalysis
 from vitsam.analysis.landscape import GaussianPerturbation, LossLandscape
 from vitsam.analysis.ntk import NTKConditioning
+from vitsam.analysis.sharpness import SharpnessAnalysis
 from vitsam.errors import VitsamError
 from vitsam.evaluators.protocol import Result, register
 
-ANALYZERS = (HessianAnalysis, NTKConditioning, LossLandscape, GaussianPerturbation, ActivationSparsity,
-             AttentionMaps)
+ANALYZERS = (HessianAnalysis, GaussNewtonAnalysis, NTKConditioning, LossLandscape, GaussianPerturbation,
+             SharpnessAnalysis, ActivationSparsity, AttentionMaps)
 DEFAULT_EXAMPLES = 256
 
 
@@ -56,7 +57,14 @@ def sparsity_summary(record: dict) -> str:
     return ", ".join(f"{k} {[round(100 * v, 1) for v in vs]}% active" for k, vs in record.get("per_block", {}).items())
 
 
-SUMMARIES = {"hessian": hessian_summary, "ntk": ntk_summary, "sparsity": sparsity_summary}
+def sharpness_summary(record: dict) -> str:
+    parts = [f"{key} {_number(record[key]['sharpness'])}" for key in ("worst_case", "adaptive", "m_sharpness")
+             if key in record]
+    return "sharpness: " + ", ".join(parts)
+
+
+SUMMARIES = {"hessian": hessian_summary, "ggn": hessian_summary, "ntk": ntk_summary, "sparsity": sparsity_summary,
+             "sharpness": sharpness_summary}
 
 
 SPLITS = ("train", "val")

@@ -13,6 +13,7 @@ representative (ViT-B/16, Mixer-B/16, ResNet-152), labelled as such.
 from __future__ import annotations
 
 import json
+from collections import Counter
 import platform
 import time
 from dataclasses import dataclass, field
@@ -271,15 +272,16 @@ def _by_seed(pairs: Sequence[Pair]) -> list[Pair]:
 
 
 def main_pairs(report: ReportRuns, family: str) -> list[Pair]:
-    """A family's pairs at its main training fraction (the one with the most pairs, the
-    largest on a tie), one per seed."""
+    """A family's pairs at its main training fraction, one per seed: the fraction with
+    the most pairs over all families (the one the families share, so that they are
+    compared in one regime), then with the most pairs of this family, the largest on a
+    tie."""
     pairs = [p for p in report.pairs if p.family == family]
     if not pairs:
         return []
-    counts: dict[float, int] = {}
-    for p in pairs:
-        counts[p.vanilla.fraction] = counts.get(p.vanilla.fraction, 0) + 1
-    main = max(counts, key=lambda f: (counts[f], f))
+    everywhere = Counter(p.vanilla.fraction for p in report.pairs)
+    here = Counter(p.vanilla.fraction for p in pairs)
+    main = max(here, key=lambda f: (everywhere[f], here[f], f))
     return _by_seed([p for p in pairs if p.vanilla.fraction == main])
 
 
@@ -387,10 +389,17 @@ def claims_section(rows: list) -> html.Section:
 
 # --------------------------------------------------------------------------- the whole page
 
+def geometry_pairs(report: ReportRuns) -> list[Pair]:
+    """One vanilla/SAM pair per family for the geometry section: the first seed of the
+    main training fraction (the pair the claims use)."""
+    return [pairs[0] for family in claims_lib.FAMILIES if (pairs := main_pairs(report, family))]
+
+
 def geometry(report: ReportRuns, device: str, log) -> html.Section:
     from vitsam.analysis.report import geometry_section
 
-    return geometry_section([(run.label, run.run_dir) for run in report.runs], device=device, log=log)
+    return geometry_section([((p.vanilla.label, p.vanilla.run_dir), (p.sam.label, p.sam.run_dir))
+                             for p in geometry_pairs(report)])
 
 
 def robustness(report: ReportRuns, device: str, log) -> html.Section:
@@ -407,15 +416,19 @@ EVALUATED_SECTIONS = ("geometry", "robustness")
 
 def evaluate_runs(report: ReportRuns, sections: Sequence[str], device: str, log) -> None:
     """Run (or reuse) the evaluators every section needs, on every run."""
-    from vitsam.evaluators.protocol import evaluate_run, names_in
+    from vitsam.analysis.report import GEOMETRY_REQUESTS, measure_interpolation
+    from vitsam.evaluators.protocol import measure
 
+    requests = {"geometry": GEOMETRY_REQUESTS, "robustness": (("corruptions", None), ("attack", None))}
     for section in sections:
         if section not in EVALUATED_SECTIONS:
             continue
         start = time.perf_counter()
-        names = [n for n in names_in(section) if n in ("corruptions", "attack") or section == "geometry"]
         for run in report.runs:
-            evaluate_run(run.run_dir, names, device=device, log=log)
+            measure(run.run_dir, requests[section], device=device, log=log)
+        if section == "geometry":
+            for pair in geometry_pairs(report):
+                measure_interpolation(pair.vanilla.run_dir, pair.sam.run_dir, device=device, log=log)
         report.timings[section] = report.timings.get(section, 0.0) + time.perf_counter() - start
 
 

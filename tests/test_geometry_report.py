@@ -1,0 +1,109 @@
+"""The report's geometry tables and captions from hand-made analyzer results: the
+numbers, spreads, kernel names and convergence marks they must show."""
+import json
+from pathlib import Path
+
+import pytest
+
+from vitsam.analysis.report import (AnalyzedRun, block_table, families_of, sparsity_caption, table1,
+                                    density_caption, perturbed_caption)
+
+
+def run(label, sam, lam, se, converged=True, kappa=(120.0, 7.5), sparsity=(0.5, 0.4)):
+    results = {
+        "hessian": {"lambda_max": lam, "converged": converged, "lambda_min": -1.5, "lambda_min_converged": False,
+                    "num_examples": 512, "spread": {"subsets": 4, "subset_size": 128,
+                                                     "lambda_max": {"stderr": se}},
+                    "density": {"nodes": [[0.0, lam]], "weights": [[0.9, 0.1]], "steps": 80, "vectors": 3},
+                    "blocks": {"lambda_max": {"embedding": 3.0, "attention": 2.0, "mlp": 1.0, "block1": 4.0,
+                                              "block2": 5.0, "whole": lam},
+                               "converged": {"embedding": True, "attention": False, "mlp": True, "block1": True,
+                                             "block2": True},
+                               "weight_norm": 10.0, "activation_norm": {"a1": 1.0, "a2": 2.0}, "num_blocks": 2}},
+        "ntk": {"blocks": 16, "block_size": 16, "trace": {"kappa": kappa[0], "kappa_stderr": kappa[1]},
+                "full": {"skipped": "too big"}},
+        "perturbed": {"sigma_scale": "filter", "perturbed": []},
+        "sparsity": {"per_block": {"mlp": list(sparsity)}},
+    }
+    return AnalyzedRun(label, Path(label), "vit_tiny", sam, results, 0.8, 1000)
+
+
+def test_table1_shows_spreads_kernels_and_convergence():
+    families = families_of([run("ViT", False, 24.96, 0.61), run("ViT-SAM", True, 10.1, 0.3, converged=False)])
+    page = table1(families)
+    assert "24.96 \u00b1 0.61 \u2192 10.1 \u00b1 0.3*" in page  # the unconverged SAM value is marked
+    assert "trace kernel" in page and "120 \u00b1 7.5" in page
+    assert "full kernel" in page and "skipped" in page
+    assert "16 blocks of 16 images" in page and "4 disjoint subsets of 128" in page
+    assert "-1.5*" in page  # lambda_min, not converged
+
+
+def test_block_table_marks_unconverged_blocks():
+    page = block_table([run("ViT", False, 24.96, 0.61)])
+    assert "2*" in page and "3</td>" in page and "24.96" in page
+
+
+def test_captions_follow_the_numbers():
+    sparser = families_of([run("ViT", False, 1.0, 0.1, sparsity=(0.50, 0.40)),
+                           run("ViT-SAM", True, 1.0, 0.1, sparsity=(0.42, 0.40))])
+    assert "50.0% active units after vanilla training and 42.0% after SAM (fewer with SAM)" in sparsity_caption(sparser)
+    denser = families_of([run("ViT", False, 1.0, 0.1, sparsity=(0.40, 0.40)),
+                          run("ViT-SAM", True, 1.0, 0.1, sparsity=(0.45, 0.40))])
+    assert "(more with SAM)" in sparsity_caption(denser)
+    assert "3 probe vectors x 80 Lanczos steps" in density_caption(sparser)
+    assert "filter's RMS" in perturbed_caption(sparser)
+
+
+def test_paper_column_and_rows_sit_beside_ours():
+    families = families_of([run("ViT", False, 24.96, 0.61), run("ViT-SAM", True, 10.1, 0.3)])
+    page = table1(families)
+    assert "paper: ViT-B/16" in page and "738.8 \u2192 20.9" in page and "4205.3" in page and "87M" in page
+    rows = block_table([run("ViT", False, 24.96, 0.61)])
+    assert "paper: ViT-B/16-SAM" in rows and "353.8" in rows and "paper: Mixer" not in rows
+
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(not FMNIST.exists(), reason="Fashion-MNIST not installed (make data)")
+def test_report_reads_the_protocols_results_on_training_and_held_out_images(tmp_path):
+    from vitsam import presets
+    from vitsam.evaluators.protocol import measure
+    from vitsam.report.build import build_report
+    from vitsam.train.loop import train
+
+    tiny = {"examples": 24, "subsets": 2, "max_steps": 6, "density_steps": 6, "density_vectors": 1,
+            "trace_samples": 0, "block_max_steps": 3}
+    runs = []
+    for rho in (0.0, 0.1):
+        cfg = presets.resolve("smoke", None, ["train.stop_after_steps=3", f"sam.rho={rho}", "data.val_fraction=0.2"])
+        runs.append(train(cfg, tmp_path / f"rho{rho}"))
+        records = measure(runs[-1], [("hessian", tiny), ("hessian", {**tiny, "split": "val", "blocks": False}),
+                                     ("sparsity", {"examples": 16})], log=lambda s: None)
+        assert [r["options"]["split"] for r in records] == ["train", "val", "train"]
+    out = build_report(runs, tmp_path / "report.html", sections=("geometry",), evaluate=False, log=lambda s: None)
+    page = out.read_text()
+    heldout = json.loads((tmp_path / "claims.json").read_text())
+    assert "Hessian \u03bb_max (held-out images)" in page and "on 24 images" in page
+    for record in [measure(r, [("hessian", {**tiny, "split": "val", "blocks": False})], log=lambda s: None)[0]
+                   for r in runs]:
+        assert f"{record['lambda_max']:.4g}" in page  # the held-out value, reused from the cache
+    assert "paper: ViT-B/16" in page and "active units after vanilla training" in page
+    assert heldout  # the claims were computed from the same results
+
+
+def test_main_pairs_are_at_the_fraction_the_families_share():
+    from types import SimpleNamespace
+
+    from vitsam.report.build import main_pairs
+
+    def pair(family, fraction, seed=0):
+        cfg = SimpleNamespace(train=SimpleNamespace(seed=seed), data=SimpleNamespace(subset_seed=seed))
+        run = SimpleNamespace(fraction=fraction, cfg=cfg)
+        return SimpleNamespace(family=family, vanilla=run, sam=run)
+
+    pairs = [pair("vit", 0.005), pair("vit", 0.01), pair("vit", 0.02), pair("mixer", 0.01), pair("resnet", 0.01)]
+    report = SimpleNamespace(pairs=pairs)
+    assert [p.vanilla.fraction for p in main_pairs(report, "vit")] == [0.01]   # not the largest, 0.02
+    alone = SimpleNamespace(pairs=[pair("vit", 0.5, 1), pair("vit", 0.5, 0), pair("vit", 1.0)])
+    assert [p.vanilla.cfg.train.seed for p in main_pairs(alone, "vit")] == [0, 1]  # most pairs, seeds in order
