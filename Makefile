@@ -28,6 +28,7 @@ test: venv data
 	$(PY) -m pytest
 
 bench: venv data
+	$(PY) -m pip install --quiet -e ".[dev,bench]"   # the baselines the benchmarks compare against (PyHessian)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:

@@ -161,3 +161,11 @@ def test_block_table_values_are_dense_block_eigenvalues():
     assert result.metrics["lambda_min"] == pytest.approx(whole[0], rel=1e-6)
     w = torch.cat([p.detach().flatten() for p in vit.parameters()]).norm()
     assert table["weight_norm"] == pytest.approx(float(w), rel=1e-9)
+
+
+def test_attention_maps_skip_a_model_without_a_class_token():
+    from vitsam.analysis.attention import AttentionMaps
+
+    gap = create_model("vit_tiny", num_classes=10, img_size=28, in_chans=1, classifier="gap", depth=1)
+    result = AttentionMaps(images=2).run(gap.eval(), [(torch.rand(2, 1, 28, 28), torch.arange(2))])
+    assert "class token" in result.metrics["skipped"] and not result.figures

@@ -110,3 +110,38 @@ def test_weights_hash_covers_every_tensor_including_batchnorm_counters():
     bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
     bn.num_batches_tracked += 1  # a 0-d integer buffer
     assert protocol.weights_hash(model) != before
+
+
+TINY_GEOMETRY = {
+    "hessian": {"examples": 8, "subsets": 2, "max_steps": 4, "density_steps": 4, "density_vectors": 1,
+                "trace_samples": 1, "block_max_steps": 2},
+    "ggn": {"examples": 8, "subsets": 0, "max_steps": 4, "density_steps": 4, "density_vectors": 1, "trace_samples": 1},
+    "ntk": {"blocks": 2, "block_size": 4, "kernels": "trace,full"},
+    "landscape": {"points": 3, "grid": 2, "examples": 8},
+    "perturbed": {"sigmas": "0,0.1", "draws": 1, "examples": 8},
+    "sharpness": {"examples": 8, "m": 4, "steps": 1},
+    "sparsity": {"examples": 8},
+    "attention": {"images": 2},
+}
+
+
+@pytest.mark.parametrize("family", ["vit_tiny", "mixer_tiny", "resnet_tiny"])
+def test_every_geometry_evaluator_runs_on_every_model_family(family):
+    """Each analyzer gives strict-JSON metrics on each family, or says why it skips."""
+    from vitsam.analysis import cross_entropy
+    from vitsam.jsonfile import dumps
+    from vitsam.models import create_model
+
+    assert set(TINY_GEOMETRY) == set(protocol.names_in("geometry"))  # a new analyzer joins this test
+    torch.manual_seed(0)
+    model = create_model(family, depth=2) if family != "resnet_tiny" else create_model(family)
+    images = torch.rand(8, 1, 28, 28)
+    batches = [(images[:4], torch.arange(4)), (images[4:], torch.arange(4, 8))]
+    for name, options in TINY_GEOMETRY.items():
+        analysis = protocol.configure(name, options).run(model.eval(), batches, cross_entropy)
+        metrics = json.loads(dumps(analysis.metrics))
+        if "skipped" in metrics:
+            assert (name, family) in {("sparsity", "resnet_tiny"), ("attention", "mixer_tiny"),
+                                      ("attention", "resnet_tiny")}, metrics["skipped"]
+        else:
+            assert metrics, name

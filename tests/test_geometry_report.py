@@ -90,6 +90,44 @@ def test_report_reads_the_protocols_results_on_training_and_held_out_images(tmp_
         assert f"{record['lambda_max']:.4g}" in page  # the held-out value, reused from the cache
     assert "paper: ViT-B/16" in page and "active units after vanilla training" in page
     assert heldout  # the claims were computed from the same results
+    figures, tables = page_contents(page)
+    assert len(figures) >= 2 and all(png.startswith(b"\x89PNG") and len(png) > 1000 for png in figures)
+    assert len(tables) >= 4 and all(len(rows) >= 2 and all(rows) for rows in tables)  # a header and data rows
+
+
+def page_contents(page: str) -> tuple[list[bytes], list[list[list[str]]]]:
+    """The page's inline figures (decoded PNG bytes) and tables (rows of cell texts)."""
+    import base64
+    from html.parser import HTMLParser
+
+    class Reader(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.figures, self.tables, self.cell = [], [], None
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            if tag == "img":
+                self.figures.append(base64.b64decode(attrs["src"].split("base64,", 1)[1]))
+            elif tag == "table":
+                self.tables.append([])
+            elif tag == "tr":
+                self.tables[-1].append([])
+            elif tag in ("td", "th"):
+                self.cell = ""
+
+        def handle_endtag(self, tag):
+            if tag in ("td", "th"):
+                self.tables[-1][-1].append(self.cell.strip())
+                self.cell = None
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell += data
+
+    reader = Reader()
+    reader.feed(page)
+    return reader.figures, reader.tables
 
 
 def test_main_pairs_are_at_the_fraction_the_families_share():

@@ -320,6 +320,16 @@ def test_analyzer_against_dense_hessians(mlp_case):
     assert set(result.figures) == {"hessian_density", "hessian_eigenvector_curves"}
 
 
+def test_no_trace_probes_gives_lambda_max_without_a_trace(mlp_case):
+    model, batches = mlp_case
+    images, labels = torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+    largest = np.linalg.eigvalsh(dense_hessian(model, [(images[:8], labels[:8])]).numpy())[-1]
+    metrics = HessianAnalysis(examples=8, subsets=0, tol=1e-8, density_steps=0, density_vectors=1,
+                              trace_samples=0).run(model, batches).metrics
+    assert metrics["lambda_max"] == pytest.approx(largest, rel=1e-6)
+    assert "trace" not in metrics and "layer_trace" not in metrics
+
+
 def test_gauss_newton_analyzer_is_positive_semidefinite(mlp_case):
     model, batches = mlp_case
     metrics = GaussNewtonAnalysis(examples=9, subsets=0, tol=1e-8, density_steps=8, density_vectors=1,

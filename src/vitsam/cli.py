@@ -50,7 +50,7 @@ def cmd_eval(args) -> None:
         cfg.data.data_dir = args.data_dir
     splits = ["test"] + (["val"] if cfg.data.val_fraction > 0 else [])
     loaders = {split: eval_loader(cfg.data, split, cfg.train.eval_batch_size) for split in splits}
-    summary, predictions = evaluate_splits(run.model.to(device), loaders, device)
+    summary, predictions = evaluate_splits(run.model.to(device), loaders, device, progress=True)
     write_evaluation(Path(args.run_dir), summary, predictions)
     for split in splits:
         print(f"{args.run_dir}: {split} accuracy {summary[f'{split}_accuracy']:.4f}, loss "

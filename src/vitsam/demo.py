@@ -107,13 +107,21 @@ def plan(preset: str, out: Path, data_dir: str | None, device: str, only: str | 
 
 # --------------------------------------------------------------------------- parallel work
 
-def _train_one(cfg: Config, run_dir: str) -> float:
-    """In a worker process: train (or resume) one run with one thread."""
+def _worker_setup() -> None:
+    """One thread, and plain progress lines: two workers share the terminal."""
     import torch
 
-    from vitsam.train.loop import train
+    from vitsam.progress import PLAIN_ENV
 
     torch.set_num_threads(1)
+    os.environ[PLAIN_ENV] = "1"
+
+
+def _train_one(cfg: Config, run_dir: str) -> float:
+    """In a worker process: train (or resume) one run with one thread."""
+    from vitsam.train.loop import train
+
+    _worker_setup()
     start = time.perf_counter()
     train(cfg, run_dir, resume=(Path(run_dir) / "checkpoints" / "last.pt").exists())
     return time.perf_counter() - start
@@ -121,11 +129,9 @@ def _train_one(cfg: Config, run_dir: str) -> float:
 
 def _evaluate_one(run_dir: str, requests: list, device: str) -> float:
     """In a worker process: run (or reuse) the measurements of one run with one thread."""
-    import torch
-
     from vitsam.evaluators.protocol import measure
 
-    torch.set_num_threads(1)
+    _worker_setup()
     start = time.perf_counter()
     measure(run_dir, requests, device=device, log=lambda text: print(f"[demo] {text}", flush=True))
     return time.perf_counter() - start

@@ -2,8 +2,9 @@
 
 On a terminal: one self-overwriting line with the count, the rate and the estimated
 time left. Elsewhere (CI logs, files, torchrun's merged output): a plain line at most
-every ``every_s`` seconds and at the end, so a long job is never silent and never
-floods a log. Under torchrun only rank 0 reports.
+every ``every_s`` seconds (default: $VITSAM_PROGRESS_EVERY, else 10; 0 prints every
+update) and at the end, so a long job is never silent and never floods a log. Under
+torchrun only rank 0 reports.
 
     with Progress(total=95, label="corruptions", unit="sets") as bar:
         for ...:
@@ -20,6 +21,8 @@ import time
 from typing import Iterable, Iterator, TextIO, TypeVar
 
 T = TypeVar("T")
+EVERY_ENV = "VITSAM_PROGRESS_EVERY"   # seconds between plain lines off a terminal
+PLAIN_ENV = "VITSAM_PROGRESS_PLAIN"  # set: plain lines even on a terminal (parallel workers share it)
 
 
 def _format_seconds(seconds: float) -> str:
@@ -30,12 +33,12 @@ def _format_seconds(seconds: float) -> str:
 
 class Progress:
     def __init__(self, total: int | None, label: str, unit: str = "it", enabled: bool = True,
-                 every_s: float = 10.0, stream: TextIO | None = None):
+                 every_s: float | None = None, stream: TextIO | None = None):
         self.total, self.label, self.unit = total, label, unit
         self.stream = stream or sys.stderr
         self.enabled = enabled and os.environ.get("RANK", "0") == "0"
-        self.tty = self.stream.isatty()
-        self.every_s = every_s
+        self.tty = self.stream.isatty() and not os.environ.get(PLAIN_ENV)
+        self.every_s = float(os.environ.get(EVERY_ENV, 10.0)) if every_s is None else every_s
         self.done = 0
         self.fields: dict = {}
         self.start = self.last_print = time.perf_counter()

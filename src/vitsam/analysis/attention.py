@@ -113,6 +113,9 @@ class AttentionMaps:
         images = torch.cat([x for x, _ in batches])[: self.images]
         if not any(isinstance(m, AttentionProbe) for m in model.modules()):
             return AnalysisResult({"skipped": "the model has no attention layers"})
+        if getattr(model, "num_prefix_tokens", 1) == 0:
+            return AnalysisResult({"skipped": "the model pools by the token mean (classifier='gap'): it has no "
+                                              "class token whose attention could be drawn"})
         maps = attention_maps(model, images)
         pixels = images.float().cpu().numpy()
         metrics = {"images": pixels.round(4).tolist(),

@@ -3,7 +3,8 @@ matrix, any ``MatVec`` on flat vectors): Lanczos for the extreme eigenvalues and
 eigenvectors, power iteration (the usual Hessian tools' method, for comparison),
 Hutchinson's and Hutch++ trace estimators, and stochastic Lanczos quadrature for the
 spectral density. Nothing here knows about models: ``hessian`` and ``gauss_newton``
-build the operators.
+build the operators. ``progress`` (a ``vitsam.progress.Progress``, optional) is advanced
+once per product with the operator, so a caller can show one line for several runs.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+
+from vitsam.progress import Progress
 
 MatVec = Callable[[torch.Tensor], torch.Tensor]
 
@@ -94,7 +97,7 @@ def random_unit(dim: int, seed: int, device=None, dtype=torch.float32) -> torch.
 
 def lanczos_tridiagonal(matvec: MatVec, q: torch.Tensor, steps: int,
                         stop: Callable[[Tridiagonal], bool] = lambda t: False,
-                        storage="cpu") -> tuple[Tridiagonal, Basis]:
+                        storage="cpu", progress: Progress | None = None) -> tuple[Tridiagonal, Basis]:
     """Lanczos from the unit vector ``q`` with full reorthogonalization. The basis lives
     on ``storage`` (the CPU by default): the operator's device holds O(1) vectors.
     Returns T and the basis (for Ritz vectors)."""
@@ -104,6 +107,8 @@ def lanczos_tridiagonal(matvec: MatVec, q: torch.Tensor, steps: int,
     for _ in range(min(steps, q.numel())):
         basis.append(q.to(storage))
         w = matvec(q).to(storage)
+        if progress is not None:
+            progress.advance()
         alphas.append(float(w @ basis.vectors[-1]))
         w = basis.orthogonalize(w)
         beta = float(w.norm())
@@ -163,7 +168,8 @@ class LanczosResult:
 def lanczos(matvec: MatVec, dim: int, k: int = 1, tol: float = 1e-3, max_steps: int = 100,
             seed: int = 0, device=None, dtype=torch.float32, storage="cpu",
             min_steps: int = 0, start: torch.Tensor | None = None, bottom: int = 0,
-            require_bottom: bool = False, eigenvectors: bool = False) -> LanczosResult:
+            require_bottom: bool = False, eigenvectors: bool = False,
+            progress: Progress | None = None) -> LanczosResult:
     """The k largest (algebraic) eigenvalues of a symmetric operator, and the ``bottom``
     smallest from the same Krylov space (the most negative Hessian eigenvalues).
 
@@ -199,7 +205,7 @@ def lanczos(matvec: MatVec, dim: int, k: int = 1, tol: float = 1e-3, max_steps: 
         return top_ok and (low_ok or not require_bottom)
 
     q = _unit(start.to(device, dtype)) if start is not None else random_unit(dim, seed, device, dtype)
-    tri, basis = lanczos_tridiagonal(matvec, q, min(max(max_steps, min_steps), dim), stop, storage)
+    tri, basis = lanczos_tridiagonal(matvec, q, lanczos_steps(dim, max_steps, min_steps), stop, storage, progress)
     top, low, S = ends(tri)
     exact = tri.next_beta <= 1e-10 * max(1.0, abs(float(top.values[0])))  # invariant subspace
     top_ok, low_ok = converged(top, low)
@@ -213,6 +219,11 @@ def lanczos(matvec: MatVec, dim: int, k: int = 1, tol: float = 1e-3, max_steps: 
         if low is not None:
             result.bottom_eigenvectors = basis.combine(S[:, low.columns])
     return result
+
+
+def lanczos_steps(dim: int, max_steps: int, min_steps: int = 0) -> int:
+    """The most steps ``lanczos`` takes (a progress line's total)."""
+    return min(max(max_steps, min_steps), dim)
 
 
 def power_iteration(matvec: MatVec, dim: int, k: int = 1, tol: float = 1e-3,
@@ -261,7 +272,7 @@ class TraceEstimate:
 
 def hutchinson_trace(matvec: MatVec, dim: int, samples: int = 50, seed: int = 0,
                      device=None, dtype=torch.float32,
-                     segments: Sequence[int] | None = None) -> TraceEstimate:
+                     segments: Sequence[int] | None = None, progress: Progress | None = None) -> TraceEstimate:
     """tr(A) ~ mean of v^T A v over Rademacher v (Hutchinson 1989), with the standard
     error of that mean. ``segments``: sizes of consecutive pieces of the vector (e.g.
     one per parameter tensor); the same probes then also estimate the trace of each
@@ -271,6 +282,8 @@ def hutchinson_trace(matvec: MatVec, dim: int, samples: int = 50, seed: int = 0,
     for _ in range(samples):
         v = rademacher(dim, generator, device, dtype)
         product = (v * matvec(v)).double()
+        if progress is not None:
+            progress.advance()
         totals.append(float(product.sum()))
         if segments is not None:
             parts.append([float(p.sum()) for p in product.split(list(segments))])
@@ -281,26 +294,38 @@ def hutchinson_trace(matvec: MatVec, dim: int, samples: int = 50, seed: int = 0,
 
 
 def hutch_pp_trace(matvec: MatVec, dim: int, matvecs: int = 30, seed: int = 0, device=None,
-                   dtype=torch.float32) -> TraceEstimate:
+                   dtype=torch.float32, progress: Progress | None = None) -> TraceEstimate:
     """Hutch++ (Meyer, Musco, Musco, Woodruff 2021, Algorithm 1) with ``matvecs``
     products: the trace of A on the span Q of A S (S: m/3 Rademacher vectors) exactly,
     plus Hutchinson's estimate on the rest, (I - QQ^T) A (I - QQ^T), with m/3 more
     probes. Exact when A has rank <= m/3; for the fast-decaying Hessian spectra of
     trained networks far more accurate than Hutchinson at equal cost."""
     generator = torch.Generator().manual_seed(seed)
-    third = max(1, matvecs // 3)
+    third = hutch_pp_products(matvecs) // 3
+
+    def product(v: torch.Tensor) -> torch.Tensor:
+        out = matvec(v)
+        if progress is not None:
+            progress.advance()
+        return out
+
     S = torch.stack([rademacher(dim, generator, device, dtype) for _ in range(third)], dim=1)
     G = torch.stack([rademacher(dim, generator, device, dtype) for _ in range(third)], dim=1)
-    AS = torch.stack([matvec(S[:, j]) for j in range(third)], dim=1)           # (dim, m/3)
+    AS = torch.stack([product(S[:, j]) for j in range(third)], dim=1)           # (dim, m/3)
     Q, _ = torch.linalg.qr(AS.double())
     Q = Q.to(dtype)
-    AQ = torch.stack([matvec(Q[:, j]) for j in range(third)], dim=1)
+    AQ = torch.stack([product(Q[:, j]) for j in range(third)], dim=1)
     G_perp = G - Q @ (Q.T @ G)
-    AG = torch.stack([matvec(G_perp[:, j]) for j in range(third)], dim=1)
+    AG = torch.stack([product(G_perp[:, j]) for j in range(third)], dim=1)
     low_rank = float((Q.double() * AQ.double()).sum())
     residual = (G_perp.double() * AG.double()).sum(dim=0)                     # (m/3,)
     stderr = float(residual.std() / math.sqrt(third)) if third > 1 else float("nan")
     return TraceEstimate(low_rank + float(residual.mean()), stderr, 3 * third)
+
+
+def hutch_pp_products(matvecs: int) -> int:
+    """The products ``hutch_pp_trace`` makes when asked for ``matvecs``: 3 * (m / 3)."""
+    return 3 * max(1, matvecs // 3)
 
 
 # --------------------------------------------------------------------------- densities
@@ -315,14 +340,15 @@ def quadrature(tri: Tridiagonal) -> tuple[np.ndarray, np.ndarray]:
 
 def spectral_density(matvec: MatVec, dim: int, steps: int = 100, vectors: int = 3, seed: int = 0,
                      device=None, dtype=torch.float32, storage="cpu",
-                     first: Tridiagonal | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     first: Tridiagonal | None = None,
+                     progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Stochastic Lanczos quadrature (Ghorbani et al. 2019): averaging the quadrature of
     ``steps`` Lanczos steps over random unit vectors v estimates the spectral density
     (1/n) sum_i delta(t - lambda_i). ``first``: a finished run from a Gaussian start to
     count as the first vector. Returns nodes and weights, both (vectors, m)."""
     runs = [quadrature(first)] if first is not None else []
     runs += [quadrature(lanczos_tridiagonal(matvec, random_unit(dim, seed + i, device, dtype),
-                                            min(steps, dim), storage=storage)[0])
+                                            min(steps, dim), storage=storage, progress=progress)[0])
              for i in range(len(runs), vectors)]
     return stack_quadratures(runs)
 

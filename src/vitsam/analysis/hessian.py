@@ -18,12 +18,13 @@ from torch import nn
 
 from vitsam.analysis import (AnalysisResult, Batch, LossFn, batch_weights, cross_entropy, disjoint_subsets,
                              evaluate, measurement_mode, spread, take)
-from vitsam.analysis.curvature import (LanczosResult, hutch_pp_trace, hutchinson_trace, lanczos,
-                                       negative_mass, plot_density, power_iteration, random_unit,
+from vitsam.analysis.curvature import (LanczosResult, hutch_pp_products, hutch_pp_trace, hutchinson_trace, lanczos,
+                                       lanczos_steps, negative_mass, plot_density, power_iteration, random_unit,
                                        spectral_density)
 from vitsam.analysis.operators import GaussNewtonOperator, HessianOperator
 from vitsam.errors import unknown_choice
 from vitsam.models import capture
+from vitsam.progress import Progress, track
 
 EIGEN_METHODS = ("lanczos", "power")
 
@@ -211,18 +212,28 @@ class HessianAnalysis:
     def make_operator(self, model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch]):
         return HessianOperator(model, loss_fn, batches, method=self.hvp)
 
+    def _stage(self, what: str, total: int, unit: str = "steps") -> Progress:
+        """The progress line of one stage, e.g. "hessian lanczos" (one product per step)."""
+        return Progress(total, f"{self.name} {what}", unit)
+
     def run(self, model: nn.Module, batches: Sequence[Batch],
             loss_fn: LossFn = cross_entropy) -> AnalysisResult:
         batches = take(batches, self.examples)
         op = self.make_operator(model, loss_fn, batches)
         where = dict(device=op.device, dtype=op.dtype)
-        top = lanczos(op, op.dim, self.top_k, self.tol, self.max_steps, self.seed, min_steps=self.density_steps,
-                      bottom=1, eigenvectors=True, **where)
-        nodes, weights = spectral_density(op, op.dim, self.density_steps, self.density_vectors, self.seed,
-                                          first=top.tridiagonal, **where)
+        with self._stage("lanczos", lanczos_steps(op.dim, self.max_steps, self.density_steps)) as bar:
+            top = lanczos(op, op.dim, self.top_k, self.tol, self.max_steps, self.seed, min_steps=self.density_steps,
+                          bottom=1, eigenvectors=True, progress=bar, **where)
+        probes = max(self.density_vectors - 1, 0)  # the run above is the first
+        with self._stage("density (SLQ)", probes * min(self.density_steps, op.dim)) as bar:
+            nodes, weights = spectral_density(op, op.dim, self.density_steps, self.density_vectors, self.seed,
+                                              first=top.tridiagonal, progress=bar, **where)
         sizes = [p.numel() for p in op.active.values()]
-        trace = (hutchinson_trace(op, op.dim, self.trace_samples, self.seed, segments=sizes, **where)
-                 if self.trace_samples > 0 else None)  # 0: no trace (a cheaper lambda_max)
+        trace = None  # trace_samples 0: no trace (a cheaper lambda_max)
+        if self.trace_samples > 0:
+            with self._stage("trace (Hutchinson)", self.trace_samples, "probes") as bar:
+                trace = hutchinson_trace(op, op.dim, self.trace_samples, self.seed, segments=sizes, progress=bar,
+                                         **where)
         lam_max, lam_min = top.eigenvalues[0], top.bottom[0]
         metrics = {
             "operator": self.operator, "num_parameters": op.dim,
@@ -240,7 +251,8 @@ class HessianAnalysis:
             "negative_mass_beyond_tol": negative_mass(nodes, weights, self.tol * abs(lam_max)),
         }
         if self.hutchpp_matvecs:
-            pp = hutch_pp_trace(op, op.dim, self.hutchpp_matvecs, self.seed, **where)
+            with self._stage("trace (Hutch++)", hutch_pp_products(self.hutchpp_matvecs), "products") as bar:
+                pp = hutch_pp_trace(op, op.dim, self.hutchpp_matvecs, self.seed, progress=bar, **where)
             metrics["hutchpp_trace"] = {"value": pp.value, "stderr": _json(pp.stderr), "matvecs": pp.matvecs}
         figures = {f"{self.name}_density": plot_density(nodes, weights, f"{self.operator} spectral density (SLQ, "
                                                                          f"{nodes.shape[0]} x {nodes.shape[1]})")}
@@ -260,7 +272,7 @@ class HessianAnalysis:
         """lambda_max on each disjoint subset, warm-started from the whole set's top
         eigenvector (a nearby problem's answer: a few steps instead of tens)."""
         runs, subsets = [], disjoint_subsets(batches, self.subsets)
-        for subset in subsets:
+        for subset in track(subsets, label=f"{self.name} subsets", unit="subsets"):
             op = self.make_operator(model, loss_fn, subset)
             runs.append(lanczos(op, op.dim, 1, self.tol, self.max_steps, self.seed, device=op.device,
                                 dtype=op.dtype, start=start))
@@ -276,7 +288,8 @@ class HessianAnalysis:
         loss0 = evaluate(model, batches, loss_fn)[0]
         gradient = gradient.to(top.eigenvectors.device, top.eigenvectors.dtype)
         losses, quadratics = [], []
-        for i, value in enumerate(top.eigenvalues):
+        for i, value in track(enumerate(top.eigenvalues), len(top.eigenvalues), f"{self.name} eigenvector curves",
+                              "curves"):
             v = top.eigenvectors[:, i]
             losses.append(loss_along(model, batches, v, alphas, loss_fn))
             slope = float(gradient @ v)
@@ -288,7 +301,7 @@ class HessianAnalysis:
         """The paper's per-block table (its "Whole" column is the whole-model lambda_max),
         each block's Lanczos run with its residual, error estimate and convergence flag."""
         runs = {}
-        for name, params in block_groups(model).items():
+        for name, params in track(block_groups(model).items(), label=f"{self.name} blocks", unit="blocks"):
             block = op.restrict(params)
             runs[name] = lanczos(block, block.dim, 1, self.tol, self.block_max_steps, self.seed,
                                  device=block.device, dtype=block.dtype,

@@ -18,6 +18,7 @@ from torch import nn
 
 from vitsam.analysis import AnalysisResult, Batch, LossFn, cross_entropy, evaluate, take
 from vitsam.errors import VitsamError, unknown_choice
+from vitsam.progress import Progress
 
 Direction = dict[str, torch.Tensor]  # parameter name -> tensor shaped like the parameter
 
@@ -51,18 +52,28 @@ def _shifted(model: nn.Module, steps: Sequence[tuple[float, Direction]]) -> dict
     return params
 
 
+def _evaluate(model: nn.Module, batches: Sequence[Batch], loss_fn: LossFn, params: dict,
+              progress: Progress | None) -> tuple[float, float]:
+    """(loss, error) at ``params``, advancing ``progress`` (a ``vitsam.progress.Progress``) by one."""
+    point = evaluate(model, batches, loss_fn, params)
+    if progress is not None:
+        progress.advance()
+    return point
+
+
 def loss_curve(model: nn.Module, batches: Sequence[Batch], direction: Direction,
-               alphas: Sequence[float], loss_fn: LossFn = cross_entropy) -> tuple[list, list]:
+               alphas: Sequence[float], loss_fn: LossFn = cross_entropy,
+               progress: Progress | None = None) -> tuple[list, list]:
     """(losses, errors) at w + alpha d for each alpha."""
-    points = [evaluate(model, batches, loss_fn, _shifted(model, [(a, direction)])) for a in alphas]
+    points = [_evaluate(model, batches, loss_fn, _shifted(model, [(a, direction)]), progress) for a in alphas]
     return [p[0] for p in points], [p[1] for p in points]
 
 
 def loss_surface(model: nn.Module, batches: Sequence[Batch], d1: Direction, d2: Direction,
                  alphas: Sequence[float], betas: Sequence[float],
-                 loss_fn: LossFn = cross_entropy) -> np.ndarray:
+                 loss_fn: LossFn = cross_entropy, progress: Progress | None = None) -> np.ndarray:
     """Losses at w + alpha d1 + beta d2, shape (len(betas), len(alphas))."""
-    return np.array([[evaluate(model, batches, loss_fn, _shifted(model, [(a, d1), (b, d2)]))[0]
+    return np.array([[_evaluate(model, batches, loss_fn, _shifted(model, [(a, d1), (b, d2)]), progress)[0]
                       for a in alphas] for b in betas])
 
 
@@ -112,7 +123,8 @@ def gaussian_noise(model: nn.Module, sigma: float, generator: torch.Generator,
 
 
 def gaussian_perturbed(model: nn.Module, batches: Sequence[Batch], sigma: float, draws: int = 5,
-                       seed: int = 0, loss_fn: LossFn = cross_entropy, scale: str = "filter") -> dict:
+                       seed: int = 0, loss_fn: LossFn = cross_entropy, scale: str = "filter",
+                       progress: Progress | None = None) -> dict:
     """Mean and standard deviation over ``draws`` of the loss and error at w + noise
     (``gaussian_noise``; one draw suffices at sigma = 0)."""
     generator = torch.Generator().manual_seed(seed)
@@ -120,7 +132,7 @@ def gaussian_perturbed(model: nn.Module, batches: Sequence[Batch], sigma: float,
     for _ in range(draws if sigma > 0 else 1):
         noise = gaussian_noise(model, sigma, generator, scale)
         noisy = {n: w.detach() + noise[n] for n, w in model.named_parameters()}
-        loss, error = evaluate(model, batches, loss_fn, noisy)
+        loss, error = _evaluate(model, batches, loss_fn, noisy, progress)
         losses.append(loss)
         errors.append(error)
     return {"sigma": sigma, "sigma_scale": scale, "draws": len(losses), "loss": float(np.mean(losses)),
@@ -250,8 +262,9 @@ class LossLandscape:
                       for i in range(2))
             axes = [np.linspace(-self.span, self.span, self.grid)] * 2
             alphas = np.linspace(-self.span, self.span, self.points).tolist()
-        losses, errors = loss_curve(model, batches, d1, alphas, loss_fn)
-        surface = loss_surface(model, batches, d1, d2, axes[0], axes[1], loss_fn)
+        with Progress(len(alphas) + len(axes[0]) * len(axes[1]), self.name, "points") as bar:
+            losses, errors = loss_curve(model, batches, d1, alphas, loss_fn, bar)
+            surface = loss_surface(model, batches, d1, d2, axes[0], axes[1], loss_fn, bar)
         metrics.update({"alphas": alphas, "loss_1d": losses, "error_1d": errors, "axis_2d": axes[0].tolist(),
                         "axis_2d_beta": axes[1].tolist(), "loss_2d": surface.tolist()})
         figures = {"landscape_1d": plot_curves({"loss": (alphas, losses)}, "1-D loss landscape"),
@@ -279,8 +292,10 @@ class GaussianPerturbation:
         if self.sigma_scale not in SIGMA_SCALES:
             raise unknown_choice("Gaussian perturbation scale", self.sigma_scale, SIGMA_SCALES)
         batches = take(batches, self.examples)
-        rows = [gaussian_perturbed(model, batches, s, self.draws, self.seed, loss_fn, self.sigma_scale)
-                for s in self.sigmas]
+        draws = sum(self.draws if s > 0 else 1 for s in self.sigmas)  # sigma 0 needs one draw
+        with Progress(draws, f"{self.name} (Gaussian noise)", "draws") as bar:
+            rows = [gaussian_perturbed(model, batches, s, self.draws, self.seed, loss_fn, self.sigma_scale, bar)
+                    for s in self.sigmas]
         xlabel = "sigma (relative to each filter's RMS)" if self.sigma_scale == "filter" else "sigma"
         figure = plot_curves({"loss": ([r["sigma"] for r in rows], [r["loss"] for r in rows])},
                              "Gaussian-perturbed training loss", xlabel=xlabel)

@@ -36,6 +36,7 @@ from torch import nn
 from vitsam.analysis import AnalysisResult, Batch, LossFn, cross_entropy, measurement_mode
 from vitsam.analysis.operators import default_graph_memory
 from vitsam.errors import VitsamError, unknown_choice
+from vitsam.progress import track
 
 KERNELS = ("trace", "full", "sum")
 HEADLINE_KERNEL = "trace"
@@ -230,7 +231,8 @@ class NTKConditioning:
         kernels, skipped = list(self.kernels), {}
         per_block: dict[str, list] = {kernel: [] for kernel in kernels}
         eps = torch.finfo(torch.float64).eps
-        for start in range(0, len(images) - self.block_size + 1, self.block_size):
+        starts = range(0, len(images) - self.block_size + 1, self.block_size)
+        for start in track(starts, label=f"{self.name} blocks", unit="blocks"):
             block = images[start:start + self.block_size]
             try:
                 matrices = ntk_kernels(model, block, kernels, self.chunk, max_bytes=self.max_bytes or None)

@@ -26,6 +26,7 @@ from torch import nn
 from vitsam.analysis import (AnalysisResult, Batch, LossFn, batch_weights, cross_entropy, disjoint_subsets,
                              measurement_mode, spread, take)
 from vitsam.errors import VitsamError
+from vitsam.progress import Progress
 
 
 def _loss_and_grad(model: nn.Module, batches: Sequence[Batch], loss_fn: LossFn, frozen: dict,
@@ -48,9 +49,11 @@ def _global_norm(tensors) -> torch.Tensor:
 
 
 def worst_case_sharpness(model: nn.Module, batches: Sequence[Batch], rho: float, steps: int = 5,
-                         loss_fn: LossFn = cross_entropy, adaptive: bool = False, eta: float = 0.0) -> dict:
+                         loss_fn: LossFn = cross_entropy, adaptive: bool = False, eta: float = 0.0,
+                         progress: Progress | None = None) -> dict:
     """max over the rho-ball of L(w + eps) - L(w) by ``steps`` projected ascent steps
     (module docstring); ``adaptive``: the ball ||eps / (|w| + eta)||_2 <= rho.
+    ``progress`` (a ``vitsam.progress.Progress``) advances once per step.
     Returns {"loss", "perturbed_loss", "sharpness", "eps_norm", "rho", "steps", "adaptive"}."""
     if rho < 0 or steps < 1:
         raise VitsamError(f"worst-case sharpness needs rho >= 0 and steps >= 1, got rho={rho}, steps={steps}")
@@ -60,10 +63,12 @@ def worst_case_sharpness(model: nn.Module, batches: Sequence[Batch], rho: float,
     delta = {n: torch.zeros_like(w) for n, w in weights.items()}
     base, grads = _loss_and_grad(model, batches, loss_fn, frozen, weights)
     best, best_eps = base, 0.0
-    for _ in range(steps):
+    for step in range(steps):
         ascent = {n: scale[n] * grads[n] for n in weights}  # the gradient in delta coordinates
         norm = float(_global_norm(ascent.values()))
         if norm == 0.0 or rho == 0.0:
+            if progress is not None:
+                progress.advance(steps - step)  # nowhere to climb: the other steps are done
             break
         delta = {n: delta[n] + (rho / norm) * ascent[n] for n in weights}
         length = float(_global_norm(delta.values()))
@@ -71,6 +76,8 @@ def worst_case_sharpness(model: nn.Module, batches: Sequence[Batch], rho: float,
             delta = {n: d * (rho / length) for n, d in delta.items()}
         eps = {n: scale[n] * delta[n] for n in weights}
         loss, grads = _loss_and_grad(model, batches, loss_fn, frozen, {n: weights[n] + eps[n] for n in weights})
+        if progress is not None:
+            progress.advance()
         if loss > best:
             best, best_eps = loss, float(_global_norm(eps.values()))
     return {"rho": rho, "steps": steps, "adaptive": adaptive, "eta": eta if adaptive else None, "loss": base,
@@ -78,14 +85,15 @@ def worst_case_sharpness(model: nn.Module, batches: Sequence[Batch], rho: float,
 
 
 def m_sharpness(model: nn.Module, batches: Sequence[Batch], rho: float, m: int, steps: int = 5,
-                loss_fn: LossFn = cross_entropy, adaptive: bool = False, eta: float = 0.0) -> dict:
+                loss_fn: LossFn = cross_entropy, adaptive: bool = False, eta: float = 0.0,
+                progress: Progress | None = None) -> dict:
     """The mean over disjoint subsets of ``m`` consecutive examples of each subset's
     worst-case sharpness (``worst_case_sharpness`` on that subset's loss), with its
     spread over subsets; left-over examples are not used."""
     examples = sum(len(y) for _, y in batches)
     if m < 1 or m > examples:
         raise VitsamError(f"m-sharpness needs 1 <= m <= {examples} examples, got m={m}")
-    values = [worst_case_sharpness(model, subset, rho, steps, loss_fn, adaptive, eta)["sharpness"]
+    values = [worst_case_sharpness(model, subset, rho, steps, loss_fn, adaptive, eta, progress)["sharpness"]
               for subset in disjoint_subsets(batches, examples // m)]
     return {"m": m, "rho": rho, "steps": steps, "adaptive": adaptive, "subsets": len(values),
             "sharpness": float(np.mean(values)), "spread": spread(values)}
@@ -108,10 +116,15 @@ class SharpnessAnalysis:
     def run(self, model: nn.Module, batches: Sequence[Batch],
             loss_fn: LossFn = cross_entropy) -> AnalysisResult:
         batches = take(batches, self.examples)
-        metrics = {"num_examples": sum(len(y) for _, y in batches),
-                   "worst_case": worst_case_sharpness(model, batches, self.rho, self.steps, loss_fn),
-                   "adaptive": worst_case_sharpness(model, batches, self.adaptive_rho, self.steps, loss_fn,
-                                                    adaptive=True, eta=self.eta)}
+        examples = sum(len(y) for _, y in batches)
+        metrics = {"num_examples": examples}
+        with Progress(self.steps, f"{self.name} worst-case", "steps") as bar:
+            metrics["worst_case"] = worst_case_sharpness(model, batches, self.rho, self.steps, loss_fn, progress=bar)
+        with Progress(self.steps, f"{self.name} adaptive", "steps") as bar:
+            metrics["adaptive"] = worst_case_sharpness(model, batches, self.adaptive_rho, self.steps, loss_fn,
+                                                       adaptive=True, eta=self.eta, progress=bar)
         if self.m:
-            metrics["m_sharpness"] = m_sharpness(model, batches, self.rho, self.m, self.steps, loss_fn)
+            with Progress(examples // self.m * self.steps, f"{self.name} m={self.m}", "steps") as bar:
+                metrics["m_sharpness"] = m_sharpness(model, batches, self.rho, self.m, self.steps, loss_fn,
+                                                     progress=bar)
         return AnalysisResult(metrics)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vitsam.progress import Progress
 from vitsam.train import distributed
 
 
@@ -22,10 +23,12 @@ class Accuracy:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, autocast_dtype=None,
-             d: distributed.Dist | None = None, keep_predictions: bool = False) -> Accuracy:
+             d: distributed.Dist | None = None, keep_predictions: bool = False,
+             progress: Progress | None = None) -> Accuracy:
     """Accuracy and mean cross-entropy of ``model`` over ``loader`` (eval mode restored
     afterwards). Under DDP each rank evaluates its shard and the sums are all-reduced;
-    with ``keep_predictions`` the per-image predictions are gathered in split order."""
+    with ``keep_predictions`` the per-image predictions are gathered in split order.
+    ``progress`` (a ``vitsam.progress.Progress``) advances once per batch."""
     d = d or distributed.Dist()
     was_training = model.training
     model.eval()
@@ -42,6 +45,8 @@ def evaluate(model: nn.Module, loader, device: torch.device, autocast_dtype=None
         if keep_predictions:
             predicted.append(guess.cpu())
             labels_seen.append(labels.cpu())
+        if progress is not None:
+            progress.advance()
     model.train(was_training)
     correct, loss_sum, count = distributed.all_sum([correct, loss_sum, count], d)
     result = Accuracy(correct / max(count, 1), loss_sum / max(count, 1), int(count))
@@ -61,13 +66,14 @@ def _in_split_order(shard: np.ndarray, d: distributed.Dist) -> np.ndarray:
 
 
 def evaluate_splits(model: nn.Module, loaders: dict, device: torch.device, autocast_dtype=None,
-                    d: distributed.Dist | None = None) -> tuple[dict, dict]:
+                    d: distributed.Dist | None = None, progress: bool = False) -> tuple[dict, dict]:
     """Every split of ``loaders`` (name -> loader): ({"<split>_accuracy", "<split>_loss",
     "<split>_images"}, {"<split>_predicted", "<split>_labels": arrays}) for eval.json and
-    predictions.npz."""
+    predictions.npz; ``progress``: a progress line per split."""
     summary, predictions = {}, {}
     for split, loader in loaders.items():
-        result = evaluate(model, loader, device, autocast_dtype, d, keep_predictions=True)
+        with Progress(len(loader), f"accuracy {split}", "batches", enabled=progress) as bar:
+            result = evaluate(model, loader, device, autocast_dtype, d, keep_predictions=True, progress=bar)
         summary.update({f"{split}_accuracy": result.accuracy, f"{split}_loss": result.loss,
                         f"{split}_images": result.images})
         predictions.update({f"{split}_predicted": result.predicted, f"{split}_labels": result.labels})
@@ -87,7 +93,8 @@ def _run_accuracy(model, data, options: AccuracyOptions):
     from vitsam.stats import accuracy_interval
 
     loader = data.loader(options.split, options.examples or None, data.batch_size)
-    result = evaluate(model, loader, data.device, keep_predictions=True)
+    with Progress(len(loader), f"accuracy {options.split}", "batches") as bar:
+        result = evaluate(model, loader, data.device, keep_predictions=True, progress=bar)
     interval = accuracy_interval(int((result.predicted == result.labels).sum()), result.images)
     metrics = {"split": options.split, "accuracy": result.accuracy, "loss": result.loss, "images": result.images,
                "interval": [interval.low, interval.high]}

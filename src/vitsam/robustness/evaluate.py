@@ -26,6 +26,7 @@ from torch import nn
 
 from vitsam.data import seeded_generator
 from vitsam.errors import VitsamError, unknown_choice
+from vitsam.progress import Progress, track
 from vitsam.robustness import layouts
 from vitsam.robustness.adversarial import apgd, apgd_checkpoints, check_settings, pgd
 from vitsam.robustness.corruptions import (ALL_CORRUPTIONS, CORRUPTIONS, EXTRA_CORRUPTIONS, SEVERITIES, check_names,
@@ -264,17 +265,20 @@ def evaluate_corruptions(model: nn.Module, batches: Batches, names: Iterable[str
     cells, clean, table, digest = _Cells(), [], None, None
     # TODO(after the corruptions' storage step is committed): pass storage=storage always
     stored = {} if storage == "none" else {"storage": storage}
-    for index, (images, labels) in enumerate(batches):
-        images, labels = images.to(device), labels.to(device)
-        table = table or resolve_params(params, *images.shape[-2:])
-        digest = digest or Digest("corruptions", seed, table, storage)
-        digest.update(labels)
-        clean.append(correct_mask(model, images, labels))
-        for name in names:
-            for severity in severities:
-                generator = seeded_generator(seed, ALL_CORRUPTIONS.index(name), severity, index)
-                corrupted = corrupt(images, name, severity, generator, table, **stored)
-                cells.add(name, severity, correct_mask(model, corrupted, labels), labels)
+    total = len(batches) * len(names) * len(severities) if hasattr(batches, "__len__") else None
+    with Progress(total, f"corruptions ({len(names)} x {len(severities)} sets)", "corrupted batches") as bar:
+        for index, (images, labels) in enumerate(batches):
+            images, labels = images.to(device), labels.to(device)
+            table = table or resolve_params(params, *images.shape[-2:])
+            digest = digest or Digest("corruptions", seed, table, storage)
+            digest.update(labels)
+            clean.append(correct_mask(model, images, labels))
+            for name in names:
+                for severity in severities:
+                    generator = seeded_generator(seed, ALL_CORRUPTIONS.index(name), severity, index)
+                    corrupted = corrupt(images, name, severity, generator, table, **stored)
+                    cells.add(name, severity, correct_mask(model, corrupted, labels), labels)
+                    bar.advance()
     if not clean:
         raise VitsamError("evaluate_corruptions: the batches hold no images")
     clean = torch.cat(clean)
@@ -294,7 +298,7 @@ def evaluate_corrupted_sets(model: nn.Module, sets: Iterable[tuple[str, int, Bat
     model.eval()
     device = model_device(model)
     cells, digest, clean_correct = _Cells(), Digest(layout), []
-    for name, severity, batches in sets:
+    for name, severity, batches in track(sets, label=f"corrupted sets ({layout})", unit="sets"):
         for images, labels in batches:
             images, labels = images.to(device), labels.to(device)
             correct = correct_mask(model, images, labels)
@@ -350,29 +354,35 @@ def evaluate_attack(model: nn.Module, batches: Batches, eps_list: Iterable[float
     eps_list = [float(e) for e in eps_list]
     device = model_device(model)
     digest, clean, robust = Digest(attack), [], {eps: [] for eps in eps_list}
-    for index, (images, labels) in enumerate(batches):
-        images, labels = images.to(device), labels.to(device)
-        digest.update(labels)
-        model.eval()
-        with torch.no_grad():
-            logits = model(images)
-        if targeted and restarts >= logits.shape[1]:
-            raise VitsamError(f"targeted attacks with {restarts} restarts need more than {restarts} classes "
-                              f"(one target class per restart); the model has {logits.shape[1]}")
-        right = (logits.argmax(1) == labels).cpu()
-        clean.append(right)
-        for k, eps in enumerate(eps_list):
-            standing = right.clone()
-            for restart in range(restarts if eps > 0 else 0):
-                todo = standing.nonzero().squeeze(1)
-                if len(todo) == 0:
-                    break
-                targets = target_classes(logits[todo], labels[todo], restart + 1) if targeted else None
-                generator = seeded_generator(seed, k, index, restart)
-                adversarial = _attack(attack, model, images[todo], labels[todo], eps, norm, steps, step_size,
-                                      loss, targets, generator)
-                standing[todo] = correct_mask(model, adversarial, labels[todo])
-            robust[eps].append(standing)
+    # one unit: a batch attacked once (one restart) at one radius
+    attacks_per_batch = sum(eps > 0 for eps in eps_list) * restarts
+    total = len(batches) * attacks_per_batch if hasattr(batches, "__len__") else None
+    with Progress(total, f"{attack}-{steps} attacks ({norm})", "batches") as bar:
+        for index, (images, labels) in enumerate(batches):
+            images, labels = images.to(device), labels.to(device)
+            digest.update(labels)
+            model.eval()
+            with torch.no_grad():
+                logits = model(images)
+            if targeted and restarts >= logits.shape[1]:
+                raise VitsamError(f"targeted attacks with {restarts} restarts need more than {restarts} classes "
+                                  f"(one target class per restart); the model has {logits.shape[1]}")
+            right = (logits.argmax(1) == labels).cpu()
+            clean.append(right)
+            for k, eps in enumerate(eps_list):
+                standing = right.clone()
+                for restart in range(restarts if eps > 0 else 0):
+                    todo = standing.nonzero().squeeze(1)
+                    if len(todo) == 0:
+                        bar.advance(restarts - restart)  # nothing left to attack: the other restarts are done
+                        break
+                    targets = target_classes(logits[todo], labels[todo], restart + 1) if targeted else None
+                    generator = seeded_generator(seed, k, index, restart)
+                    adversarial = _attack(attack, model, images[todo], labels[todo], eps, norm, steps, step_size,
+                                          loss, targets, generator)
+                    standing[todo] = correct_mask(model, adversarial, labels[todo])
+                    bar.advance()
+                robust[eps].append(standing)
     if not clean:
         raise VitsamError(f"evaluate_{attack}: the batches hold no images")
     clean = torch.cat(clean)

@@ -8,7 +8,7 @@ the uncorrupted test set). Every corruption present is read, ImageNet-C's or not
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -25,13 +25,27 @@ MNIST_C_CORRUPTIONS = ("shot_noise", "impulse_noise", "glass_blur", "motion_blur
 MNIST_C_CLEAN = "identity"
 CIFAR_C_BLOCK = 10000    # images per severity in CIFAR-10-C / CIFAR-100-C files
 LAYOUTS = ("imagenet-c", "cifar-c", "mnist-c")
-Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+class CorruptedSets:
+    """(name, severity, batches) of each set present, in order. ``len`` counts the sets
+    (the total a progress line needs); a set's images are read when the iteration
+    reaches it."""
+
+    def __init__(self, present: list[tuple[str, int]], load: Callable[[str, int], Loader]):
+        self.present, self.load = present, load
+
+    def __len__(self) -> int:
+        return len(self.present)
+
+    def __iter__(self) -> Iterator[tuple[str, int, Loader]]:
+        for name, severity in self.present:
+            yield name, severity, self.load(name, severity)
 
 
 def corrupted_sets(layout: str, root: str | Path, img_size: int, names: Iterable[str] | None = None,
                    severities: Iterable[int] = SEVERITIES, batch_size: int = 256,
-                   max_images: int | None = None, classes: list[str] | None = None
-                   ) -> Iterator[tuple[str, int, Batches]]:
+                   max_images: int | None = None, classes: list[str] | None = None) -> CorruptedSets:
     """(name, severity, batches) of a stored corrupted data set: every corruption found
     (``names`` picks some; one that is absent is an error). Images are resized to
     ``img_size`` when their size differs (the stored sets are already cropped).
@@ -53,15 +67,14 @@ def corrupted_sets(layout: str, root: str | Path, img_size: int, names: Iterable
         raise VitsamError(f"no corruption found in {str(root)!r} ({layout} layout)")
     names = available if names is None else _requested(list(names), available, layout, root)
     severities = [check_severity(s) for s in severities]
-    for name in names:
-        for severity in severities:
-            source = _layout_source(layout, root, name, severity, classes)
-            if source is None:
-                continue
-            if max_images is not None and len(source) > max_images:
-                source = source.select(torch.arange(max_images))
-            yield name, severity, Loader(source, min(batch_size, len(source)), train=False, img_size=img_size,
-                                         eval_crop_fraction=1.0)
+
+    def load(name: str, severity: int) -> Loader:
+        source = _layout_source(layout, root, name, severity, classes)
+        if max_images is not None and len(source) > max_images:
+            source = source.select(torch.arange(max_images))
+        return Loader(source, min(batch_size, len(source)), train=False, img_size=img_size, eval_crop_fraction=1.0)
+
+    return CorruptedSets([(n, s) for n in names for s in severities if _present(layout, root, n, s)], load)
 
 
 def layout_names(layout: str, root: Path) -> list[str]:
@@ -81,19 +94,23 @@ def _requested(names: list[str], available: list[str], layout: str, root: Path) 
     return names
 
 
+def _present(layout: str, root: Path, name: str, severity: int) -> bool:
+    """Whether a set exists: an ImageNet-C severity folder may be absent; MNIST-C has one
+    severity per corruption, reported as severity 1."""
+    if layout == "imagenet-c":
+        return (root / name / str(severity)).is_dir()
+    return layout == "cifar-c" or severity == 1
+
+
 def _layout_source(layout: str, root: Path, name: str, severity: int, classes):
     if layout == "imagenet-c":
-        folder = root / name / str(severity)
-        return class_folders(folder, classes) if folder.is_dir() else None
+        return class_folders(root / name / str(severity), classes)
     if layout == "cifar-c":
         images = _load_npy(root / f"{name}.npy")
         labels = _load_npy(root / "labels.npy")
         size = CIFAR_C_BLOCK if len(images) >= 5 * CIFAR_C_BLOCK or len(images) % 5 else len(images) // 5
         block = slice((severity - 1) * size, severity * size)     # a shortened copy: five equal blocks
         return _tensor_source(images[block], labels[block], f"{root / name}.npy severity {severity}", classes)
-    # MNIST-C has one severity per corruption: report it as severity 1
-    if severity != 1:
-        return None
     folder = root / name
     return _tensor_source(_load_npy(folder / "test_images.npy"), _load_npy(folder / "test_labels.npy"),
                           str(folder), classes)

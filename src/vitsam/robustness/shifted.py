@@ -26,6 +26,7 @@ from torch import nn
 from vitsam.data import FolderSource, Loader
 from vitsam.data.sources import IMAGE_EXTENSIONS
 from vitsam.errors import VitsamError, unknown_choice
+from vitsam.progress import track
 from vitsam.robustness.correctness import Digest
 from vitsam.robustness.evaluate import accuracy_fields, model_device
 from vitsam.robustness.layouts import class_folders
@@ -132,7 +133,8 @@ def evaluate_shift(model: nn.Module, kind: str, root: str | Path, img_size: int,
     else:
         source, real = _real_source(root, standard_to_model(class_wnids))
     correct, digest = [], Digest(kind)
-    for images, labels in _loader(source, img_size, batch_size, crop_fraction, max_images):
+    for images, labels in track(_loader(source, img_size, batch_size, crop_fraction, max_images),
+                                label=kind, unit="batches"):
         digest.update(labels)
         logits = model(images.to(device))
         if logit_index is not None:
