@@ -145,3 +145,24 @@ def test_main_pairs_are_at_the_fraction_the_families_share():
     assert [p.vanilla.fraction for p in main_pairs(report, "vit")] == [0.01]   # not the largest, 0.02
     alone = SimpleNamespace(pairs=[pair("vit", 0.5, 1), pair("vit", 0.5, 0), pair("vit", 1.0)])
     assert [p.vanilla.cfg.train.seed for p in main_pairs(alone, "vit")] == [0, 1]  # most pairs, seeds in order
+
+
+@pytest.mark.skipif(not FMNIST.exists(), reason="Fashion-MNIST not installed (make data)")
+def test_report_evaluation_measures_what_is_missing_and_skips_held_out_images_a_run_lacks(tmp_path, monkeypatch):
+    from vitsam import presets
+    from vitsam.analysis import report as geometry_report
+    from vitsam.evaluators.protocol import find_result
+    from vitsam.report.build import build_report
+    from vitsam.train.loop import train
+
+    tiny = {"examples": 16, "subsets": 0, "max_steps": 4, "density_steps": 4, "density_vectors": 1,
+            "trace_samples": 0, "blocks": False}
+    monkeypatch.setattr(geometry_report, "GEOMETRY_REQUESTS",
+                        (("hessian", tiny), ("hessian", {**tiny, "split": "val"}), ("sparsity", {"examples": 16})))
+    runs = [train(presets.resolve("smoke", None, ["train.stop_after_steps=2", f"sam.rho={rho}"]),
+                  tmp_path / f"rho{rho}") for rho in (0.0, 0.1)]          # smoke holds out no images
+    build_report(runs, tmp_path / "report.html", sections=("geometry",), log=lambda s: None)
+    assert not any(find_result(r, "hessian", split="val") for r in runs)
+    assert all(find_result(r, "hessian", split="train") and find_result(r, "sparsity") for r in runs)
+    curve = json.loads(geometry_report.interpolation_path(runs[0], runs[1]).read_text())
+    assert curve["t"][0] == 0.0 and curve["t"][-1] == 1.0 and len(curve["loss"]) == 11

@@ -425,7 +425,9 @@ def evaluate_runs(report: ReportRuns, sections: Sequence[str], device: str, log)
             continue
         start = time.perf_counter()
         for run in report.runs:
-            measure(run.run_dir, requests[section], device=device, log=log)
+            measure(run.run_dir, [(name, options) for name, options in requests[section]
+                                  if (options or {}).get("split") != "val" or run.cfg.data.val_fraction > 0],
+                    device=device, log=log)   # held-out images only where the run holds some out
         if section == "geometry":
             for pair in geometry_pairs(report):
                 measure_interpolation(pair.vanilla.run_dir, pair.sam.run_dir, device=device, log=log)
