@@ -14,10 +14,11 @@ from vitsam.errors import VitsamError
 from vitsam.models import create_model
 from vitsam.models.npz import read_npz, save_npz
 from vitsam.models.vit import resize_pos_embed
-from vitsam.models.weights import (add_cli, export_run, import_run, load_pretrained, load_weights,
-                                   save_weights)
+from vitsam.models.weights import load_weights, save_weights
 from vitsam.presets import get_preset
 from vitsam.train.checkpoint import load_run
+from vitsam.train.interop import add_cli, export_run, import_run
+from vitsam.train.transfer import load_into
 
 from test_models import perturb_
 
@@ -60,11 +61,11 @@ def test_safetensors_errors_name_the_file_key_and_shape(tmp_path):
         load_weights(create_model("vit_tiny"), tmp_path / "absent.safetensors")
 
 
-def test_load_pretrained_resizes_position_embeddings_and_leaves_out_another_head(tmp_path):
+def test_load_into_resizes_position_embeddings_and_leaves_out_another_head(tmp_path):
     source = perturbed("vit_tiny")  # 7x7 patches of 28 px: a 4x4 grid, 10 classes
     path = save_weights(source, tmp_path / "pretrained.safetensors")
     model = create_model("vit_tiny", img_size=56, num_classes=3)  # an 8x8 grid, 3 classes
-    notes = load_pretrained(model, path)
+    notes = load_into(model, path)
     assert sorted(notes) == ["head.bias of 10 classes left out; the new head has 3",
                              "head.weight of 10 classes left out; the new head has 3",
                              "pos_embed resized from a 4x4 to a 8x8 patch grid (bicubic; class token kept)"]
@@ -75,14 +76,14 @@ def test_load_pretrained_resizes_position_embeddings_and_leaves_out_another_head
             assert torch.equal(model.state_dict()[key], value), key
     run = fake_trained_run(tmp_path, source)
     same = create_model("vit_tiny")
-    assert load_pretrained(same, run) == []
+    assert load_into(same, run) == []
     assert all(torch.equal(same.state_dict()[k], v) for k, v in source.state_dict().items())
     with pytest.raises(VitsamError, match=r"tensor 'blocks.0.mlp.fc1.bias' has shape \(128,\).*\(256,\)"):
-        load_pretrained(create_model("vit_tiny", mlp_dim=256), path)
+        load_into(create_model("vit_tiny", mlp_dim=256), path)
     gap = create_model("vit_s16", img_size=16, num_classes=2, **dict(patch_size=4, width=16, depth=2,
                                                                       num_heads=4, mlp_dim=24), classifier="gap",
                        representation_size=12)
-    assert load_pretrained(gap, DATA / "vit_gap_repr.npz") == ["head of 5 classes left out; the model's new "
+    assert load_into(gap, DATA / "vit_gap_repr.npz") == ["head of 5 classes left out; the model's new "
                                                                "head has 2 classes"]
 
 

@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     from vitsam.evaluators.cli import add_cli as add_evaluator_cli
     from vitsam.evaluators.robustness import add_cli as add_robust_cli
     from vitsam.experiments.cli import add_cli as add_paper_cli
-    from vitsam.models.weights import add_cli as add_weights_cli
+    from vitsam.train.interop import add_cli as add_weights_cli
     from vitsam.report.build import add_cli as add_report_cli
 
     add_evaluator_cli(sub)

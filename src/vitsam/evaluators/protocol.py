@@ -73,8 +73,8 @@ def register(name: str, options: type, section: str, summary: Callable[[dict], s
 
 
 def evaluators() -> dict[str, Evaluator]:
-    """Every registered evaluator (importing the modules that register them)."""
-    from vitsam.evaluators import accuracy, geometry, robustness  # noqa: F401  (registration)
+    """Every registered evaluator (the package ``vitsam.evaluators`` imports the modules
+    that register them)."""
     return EVALUATORS
 
 

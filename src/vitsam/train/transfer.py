@@ -31,7 +31,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from vitsam.errors import VitsamError
-from vitsam.models.weights import load_adapted, load_pretrained, read_safetensors
+from vitsam.models.npz import load_authors, read_npz
+from vitsam.models.weights import load_adapted, read_safetensors
 from vitsam.train.checkpoint import load_checkpoint, load_run
 
 
@@ -66,16 +67,23 @@ def check_token_count(model: nn.Module, state: dict[str, torch.Tensor], source) 
                 f"equals the source's token count")
 
 
-def initialize_from(model: nn.Module, source: str | Path) -> str:
-    """Load ``source``'s weights into ``model`` (rules in the module docstring); returns a
-    one-line message saying what was loaded, interpolated and left new."""
+def load_into(model: nn.Module, source: str | Path, label: str | None = None) -> list[str]:
+    """Load ``source``'s weights into ``model`` (rules in the module docstring); returns
+    one note per tensor that was interpolated or left new. ``label`` names the source in
+    errors (default: its path)."""
     path = Path(source)
+    label = label or repr(str(path))
     if path.suffix == ".npz":
-        notes = load_pretrained(model, path)
-    else:
-        state = read_weights(path)
-        check_token_count(model, state, source)
-        notes = load_adapted(model, state, f"model.init_from={str(source)!r}")
+        return load_authors(model, read_npz(path), source=label)
+    state = read_weights(path)
+    check_token_count(model, state, source)
+    return load_adapted(model, state, label)
+
+
+def initialize_from(model: nn.Module, source: str | Path) -> str:
+    """``model.init_from``: load ``source`` into ``model``; returns a one-line message
+    saying what was loaded, interpolated and left new."""
+    notes = load_into(model, source, f"model.init_from={str(source)!r}")
     return f"initialized from {source}" + (f" ({'; '.join(notes)})" if notes else " (every tensor as it was)")
 
 
