@@ -51,6 +51,13 @@ def test_results_are_cached_on_weights_and_options_and_never_stale(tmp_path):
     assert newer["step"] == 8 and newer["weights"] != first["weights"]
     assert newer["per_block"] != first["per_block"]
     assert protocol.find_result(run, "sparsity", examples=256)["step"] == 8
+    # any_options (the report over runs measured before): a result for these weights answers
+    kept = protocol.measure(run, [("sparsity", {"examples": 48})], log=messages.append, any_options=True)[0]
+    assert kept == newer and "its own options" in messages[-1]
+    fresh = protocol.measure(run, [("hessian", {"examples": 8, "subsets": 0, "max_steps": 3, "density_steps": 3,
+                                                "density_vectors": 1, "trace_samples": 0, "blocks": False,
+                                                "split": "train"})], log=messages.append, any_options=True)[0]
+    assert fresh["options"]["examples"] == 8 and "reusing" not in messages[-1]   # nothing saved: measured
 
 
 def test_accuracy_evaluator_matches_the_training_loops_final_evaluation(tmp_path):

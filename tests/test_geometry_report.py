@@ -83,13 +83,13 @@ def test_report_reads_the_protocols_results_on_training_and_held_out_images(tmp_
         assert [r["options"]["split"] for r in records] == ["train", "val", "train"]
     out = build_report(runs, tmp_path / "report.html", sections=("geometry",), evaluate=False, log=lambda s: None)
     page = out.read_text()
-    heldout = json.loads((tmp_path / "claims.json").read_text())
+    claims = {row["claim"][:3]: row for row in json.loads((tmp_path / "claims.json").read_text())}
     assert "Hessian \u03bb_max (held-out images)" in page and "on 24 images" in page
     for record in [measure(r, [("hessian", {**tiny, "split": "val", "blocks": False})], log=lambda s: None)[0]
                    for r in runs]:
         assert f"{record['lambda_max']:.4g}" in page  # the held-out value, reused from the cache
     assert "paper: ViT-B/16" in page and "active units after vanilla training" in page
-    assert heldout  # the claims were computed from the same results
+    assert "held-out-image lambda_max" in claims["(b)"]["ours"]  # the claims read the same results
     figures, tables = page_contents(page)
     assert len(figures) >= 2 and all(png.startswith(b"\x89PNG") and len(png) > 1000 for png in figures)
     assert len(tables) >= 4 and all(len(rows) >= 2 and all(rows) for rows in tables)  # a header and data rows
@@ -145,6 +145,26 @@ def test_main_pairs_are_at_the_fraction_the_families_share():
     assert [p.vanilla.fraction for p in main_pairs(report, "vit")] == [0.01]   # not the largest, 0.02
     alone = SimpleNamespace(pairs=[pair("vit", 0.5, 1), pair("vit", 0.5, 0), pair("vit", 1.0)])
     assert [p.vanilla.cfg.train.seed for p in main_pairs(alone, "vit")] == [0, 1]  # most pairs, seeds in order
+
+
+def test_geometry_shows_every_model_and_every_run_without_a_pair():
+    from types import SimpleNamespace
+
+    from vitsam.report.build import geometry_groups
+
+    def run(model, seed=0, fraction=0.01, sam=False):
+        cfg = SimpleNamespace(model=SimpleNamespace(name=model), train=SimpleNamespace(seed=seed),
+                              data=SimpleNamespace(subset_seed=seed))
+        return SimpleNamespace(cfg=cfg, fraction=fraction, label=f"{model}{'-SAM' if sam else ''}-s{seed}")
+
+    def pair(model, seed=0, fraction=0.01):
+        return SimpleNamespace(family="vit", vanilla=run(model, seed, fraction), sam=run(model, seed, fraction, True))
+
+    lonely = run("timm/vit_small_patch16_224")
+    report = SimpleNamespace(pairs=[pair("vit_s16", 1), pair("vit_s16", 0), pair("vit_b16")], unpaired=[lonely])
+    groups = geometry_groups(report)
+    assert [[r.label for r in g] for g in groups] == [["vit_s16-s0", "vit_s16-SAM-s0"], ["vit_b16-s0", "vit_b16-SAM-s0"],
+                                                      ["timm/vit_small_patch16_224-s0"]]
 
 
 @pytest.mark.skipif(not FMNIST.exists(), reason="Fashion-MNIST not installed (make data)")

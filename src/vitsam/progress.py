@@ -20,9 +20,19 @@ import sys
 import time
 from typing import Iterable, Iterator, TextIO, TypeVar
 
+from vitsam.errors import VitsamError
+
 T = TypeVar("T")
 EVERY_ENV = "VITSAM_PROGRESS_EVERY"   # seconds between plain lines off a terminal
-PLAIN_ENV = "VITSAM_PROGRESS_PLAIN"  # set: plain lines even on a terminal (parallel workers share it)
+PLAIN_ENV = "VITSAM_PROGRESS_PLAIN"  # "1": plain lines even on a terminal (parallel workers share it)
+
+
+def _seconds_from_environment(default: float = 10.0) -> float:
+    text = os.environ.get(EVERY_ENV, "")
+    try:
+        return max(float(text), 0.0) if text else default
+    except ValueError:
+        raise VitsamError(f"{EVERY_ENV}={text!r}: expected a number of seconds, e.g. 10") from None
 
 
 def _format_seconds(seconds: float) -> str:
@@ -37,8 +47,8 @@ class Progress:
         self.total, self.label, self.unit = total, label, unit
         self.stream = stream or sys.stderr
         self.enabled = enabled and os.environ.get("RANK", "0") == "0"
-        self.tty = self.stream.isatty() and not os.environ.get(PLAIN_ENV)
-        self.every_s = float(os.environ.get(EVERY_ENV, 10.0)) if every_s is None else every_s
+        self.tty = self.stream.isatty() and os.environ.get(PLAIN_ENV, "").lower() not in ("1", "true", "yes")
+        self.every_s = _seconds_from_environment() if every_s is None else every_s
         self.done = 0
         self.fields: dict = {}
         self.start = self.last_print = time.perf_counter()

@@ -30,9 +30,12 @@ from vitsam.report import html
 # overrides): the paper's measures on training images, lambda_max also on held-out
 # images (a memorised training set has a vanishing training-loss Hessian;
 # docs/calibration.md). ``ggn`` and ``sharpness`` are shown when a run has them.
-GEOMETRY_REQUESTS = (("hessian", None), ("hessian", {"split": "val", "blocks": False, "subsets": 4}),
+LAMBDA_MAX = {"density_steps": 0, "density_vectors": 1, "trace_samples": 0, "blocks": False}  # lambda_max alone
+GEOMETRY_REQUESTS = (("hessian", None), ("hessian", {**LAMBDA_MAX, "split": "val"}),
                      ("ntk", None), ("landscape", None), ("perturbed", None), ("sparsity", None),
                      ("attention", None))
+# what the claims read of the other seeds' runs (``vitsam.report.build.evidence``)
+CLAIMS_REQUESTS = (("hessian", LAMBDA_MAX), ("hessian", {**LAMBDA_MAX, "split": "val"}), ("sparsity", None))
 SHOWN = ("hessian", "ggn", "ntk", "landscape", "perturbed", "sharpness", "sparsity", "attention")
 HELDOUT = "hessian_heldout"  # results key of the Hessian on held-out images
 
@@ -150,14 +153,21 @@ def _hessian_setting(families: list[Family], key: str = "hessian") -> str:
     return ""
 
 
+NTK_ROWS = (("trace", "NTK \u03ba, trace kernel \u03a3\u2096 J\u2096J\u2096\u1d40"),
+            ("full", "NTK \u03ba, full kernel (nK \u00d7 nK)"),
+            ("sum", "NTK \u03ba, summed-logit kernel (\u03a3\u2096J\u2096)(\u03a3\u2096J\u2096)\u1d40"))
+
 # Table 1's rows in the paper: our row -> the paper's column (``vitsam.paper``, table1)
 PAPER_TABLE1 = {"#params": "params_m", "NTK": "ntk_kappa", "Hessian \u03bb_max (training images)": "lambda_max",
                 "Test top-1 (%)": "imagenet"}
 
 
-def paper_cell(family_name: str, row: str) -> str:
+def paper_cell(family_name: str, row: str, ntk_row: str = "") -> str:
     """The paper's Table 1 figure for the family's representative (ViT-B/16, Mixer-B/16,
-    ResNet-152), "vanilla -> SAM" where the paper prints both."""
+    ResNet-152), "vanilla -> SAM" where the paper prints both; its NTK kappa (of J J^T
+    over all outputs: the full kernel) only on the NTK row ``ntk_row``."""
+    if row.startswith("NTK") and row != ntk_row:
+        return ""
     column = next((c for prefix, c in PAPER_TABLE1.items() if row.startswith(prefix)), None)
     model = paper.REPRESENTATIVES.get(family_name)
     if column is None or model is None:
@@ -177,11 +187,11 @@ def table1(families: list[Family]) -> str:
 
     ntk = _ntk_setting(families)
     rows = [("#params", lambda r: r.num_params)]
-    for kernel, label in (("trace", "NTK \u03ba, trace kernel \u03a3\u2096 J\u2096J\u2096\u1d40"),
-                          ("full", "NTK \u03ba, full kernel (nK \u00d7 nK)"),
-                          ("sum", "NTK \u03ba, summed-logit kernel (\u03a3\u2096J\u2096)(\u03a3\u2096J\u2096)\u1d40")):
-        if any(ntk_cell(r, kernel) is not None for f in families for r in f.ordered()):
-            rows.append((label, lambda r, kernel=kernel: ntk_cell(r, kernel)))
+    kernels = [(kernel, label) for kernel, label in NTK_ROWS
+               if any(ntk_cell(r, kernel) is not None for f in families for r in f.ordered())]
+    rows += [(label, lambda r, kernel=kernel: ntk_cell(r, kernel)) for kernel, label in kernels]
+    labels = dict(kernels)
+    ntk_row = labels.get("full") or next(iter(labels.values()), "")   # where the paper's kappa goes
     rows += [("Hessian \u03bb_max (training images)", hessian_cell)]
     if any(HELDOUT in r.results for f in families for r in f.ordered()):
         rows.append(("Hessian \u03bb_max (held-out images)", lambda r: hessian_cell(r, HELDOUT)))
@@ -190,12 +200,13 @@ def table1(families: list[Family]) -> str:
     for f in families:
         headers += [f.model_name + (" (vanilla \u2192 SAM)" if len(f.runs) == 2 else ""),
                     "paper: " + paper.paper_name(paper.REPRESENTATIVES[_family(f)]) if _family(f) else "paper"]
-    body = [[name, *(cell for f in families for cell in (_arrow(f, fn), paper_cell(_family(f), name)))]
+    body = [[name, *(cell for f in families for cell in (_arrow(f, fn), paper_cell(_family(f), name, ntk_row)))]
             for name, fn in rows]
     heldout = _hessian_setting(families, HELDOUT)
     caption = (f"Geometry, shaped like the paper's Table 1 (vanilla \u2192 SAM), each model beside the paper's "
                f"figure for its family (ImageNet, 224 px; the paper gives one NTK \u03ba per architecture, for the "
-               f"vanilla model). NTK \u03ba: mean over {ntk} \u00b1 its standard error; Hessian on training images "
+               f"vanilla model, of J J\u1d40 over all outputs: our full kernel, shown on the trace kernel's row "
+               f"when the full one was not measured). NTK \u03ba: mean over {ntk} \u00b1 its standard error; Hessian on training images "
                f"{_hessian_setting(families)}" + (f"; on held-out images {heldout}" if heldout else "")
                + "; * Lanczos above its tolerance. The paper's test top-1 is ImageNet's.")
     return html.table(headers, body, caption=caption)
@@ -326,7 +337,7 @@ def landscape_contours(runs: Sequence[AnalyzedRun]):
     for ax, run in zip(axes[0], runs):
         data = run.results["landscape"]
         axis, losses = data["axis_2d"], np.asarray(data["loss_2d"])
-        filled = ax.contourf(axis, axis, losses, levels=15, cmap="viridis")
+        filled = ax.contourf(axis, data.get("axis_2d_beta", axis), losses, levels=15, cmap="viridis")
         fig.colorbar(filled, ax=ax, fraction=0.046)
         ax.set_title(run.label, fontsize=8)
         ax.tick_params(labelsize=6)
@@ -360,8 +371,9 @@ def perturbed_figure(families: list[Family]):
         for run in family.ordered():
             rows = run.results.get("perturbed", {}).get("perturbed", [])
             if rows:
-                ax.errorbar([r["sigma"] for r in rows], [r["loss"] for r in rows],
-                            yerr=[r["loss_std"] for r in rows], marker="o", capsize=2, label=run.label)
+                ax.errorbar([r["sigma"] for r in rows], [r["loss"] for r in rows],  # null (non-finite) -> nan
+                            yerr=[np.nan if r["loss_std"] is None else r["loss_std"] for r in rows],
+                            marker="o", capsize=2, label=run.label)
         ax.set_xlabel("sigma (relative to each filter's RMS)" if _sigma_scale(families) == "filter" else "sigma")
         ax.set_ylabel("training loss")
         ax.legend(fontsize=7)
@@ -500,25 +512,37 @@ def measure_interpolation(vanilla_dir: str | Path, sam_dir: str | Path, points: 
 
 
 def interpolations(families: list[Family]) -> dict[str, dict]:
-    """The saved vanilla -> SAM interpolation of each family (``measure_interpolation``)."""
+    """The saved vanilla -> SAM interpolation of each family (``measure_interpolation``),
+    unless it was measured on other weights than the runs' newest results."""
     curves = {}
     for family in families:
         if len(family.runs) == 2:
-            path = interpolation_path(family.runs["vanilla"].run_dir, family.runs["sam"].run_dir)
-            if path.is_file():
-                curves[family.model_name] = json.loads(path.read_text())
+            vanilla, sam = family.runs["vanilla"], family.runs["sam"]
+            path = interpolation_path(vanilla.run_dir, sam.run_dir)
+            curve = json.loads(path.read_text()) if path.is_file() else None
+            newest = [_weights(vanilla), _weights(sam)]
+            if curve and (None in newest or curve.get("weights") == newest):
+                curves[family.model_name] = curve
     return curves
 
 
-def geometry_section(pairs: Sequence[tuple[tuple[str, Path], tuple[str, Path]]]) -> html.Section:
-    """The report's geometry section for vanilla/SAM pairs of (label, run directory),
-    one pair per model, from the runs' saved results."""
+def _weights(run: AnalyzedRun) -> str | None:
+    """The weights hash of the run's newest results (None when it has none)."""
+    return next((record["weights"] for record in run.results.values() if "weights" in record), None)
+
+
+def geometry_section(groups: Sequence[Sequence[tuple[str, Path]]]) -> html.Section:
+    """The report's geometry section from the runs' saved results; ``groups``: per model,
+    its vanilla and SAM runs as (label, run directory), or one run alone."""
     families = []
-    for (vanilla_label, vanilla_dir), (sam_label, sam_dir) in pairs:
-        vanilla, sam = load_analyzed(vanilla_label, vanilla_dir), load_analyzed(sam_label, sam_dir)
-        families.append(Family(vanilla.model_name, {"vanilla": vanilla, "sam": sam}))
+    for group in groups:
+        runs = [load_analyzed(label, run_dir) for label, run_dir in group]
+        families.append(Family(runs[0].model_name, {"sam" if run.sam else "vanilla": run for run in runs}))
     analyzed = [run for family in families for run in family.ordered()]
     section = html.Section("Loss geometry (the paper's Table 1, per-block table and figures)")
+    if not families:
+        section.add(html.paragraph("No run to show."))
+        return section
     section.add(html.paragraph(
         "Measured on a fixed class-stratified subset of un-augmented training images (and, where measured, "
         "held-out images of the run's validation split) with the models in eval mode. Hessian: "

@@ -253,10 +253,13 @@ def evaluate_run(run_dir: str | Path, names: Sequence[str], options: dict[str, d
 
 def measure(run_dir: str | Path, requests: Sequence[tuple[str, dict | None]], force: bool = False,
             device: str = "auto", batch_size: int = 128, data_dir: str | None = None,
-            log: Callable[[str], None] = print) -> list[dict]:
+            log: Callable[[str], None] = print, any_options: bool = False) -> list[dict]:
     """Run each (evaluator name, option overrides) of ``requests`` on a run's latest
     weights, reusing cached results (one evaluator may appear with several options, e.g.
-    on training and on held-out images); returns the records in request order."""
+    on training and on held-out images); returns the records in request order.
+    ``any_options``: a saved result for these weights (on the same split) answers the
+    request whatever its other options (a report over runs measured before, e.g. by the
+    demo, shows their results instead of measuring again with the defaults)."""
     from vitsam.train.checkpoint import load_run
     from vitsam.train.distributed import pick_device
 
@@ -277,6 +280,11 @@ def measure(run_dir: str | Path, requests: Sequence[tuple[str, dict | None]], fo
             log(f"[evaluate] {run_dir}: {name}: reusing the result of {cached.get('finished', 'earlier')} "
                 f"(same weights, step {cached.get('step')}, same options)")
             records.append(cached)
+            continue
+        if any_options and not force and (saved := saved_for(run_dir, name, opts, weights)):
+            log(f"[evaluate] {run_dir}: {name}: reusing the result of {saved.get('finished', 'earlier')} "
+                f"(same weights, step {saved.get('step')}, its own options)")
+            records.append(saved)
             continue
         log(f"[evaluate] {run_dir}: {name} ...")
         result, seconds = run_one(name, opts, model, data)
@@ -316,6 +324,14 @@ def find_results(run_dir: str | Path, name: str, current_only: bool = True, **wh
         newest = (records[0].get("step"), records[0].get("weights"))
         records = [r for r in records if (r.get("step"), r.get("weights")) == newest]
     return records
+
+
+def saved_for(run_dir: str | Path, name: str, options, weights: str) -> dict | None:
+    """The newest saved result of ``name`` for these weights, on the same split when the
+    evaluator has one, whatever its other options."""
+    where = {"split": options.split} if hasattr(options, "split") else {}
+    return next((r for r in find_results(run_dir, name, current_only=False, **where) if r.get("weights") == weights),
+                None)
 
 
 def find_result(run_dir: str | Path, name: str, **where) -> dict | None:

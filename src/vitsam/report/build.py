@@ -271,12 +271,12 @@ def _by_seed(pairs: Sequence[Pair]) -> list[Pair]:
     return sorted(pairs, key=lambda p: (p.vanilla.cfg.train.seed, p.vanilla.cfg.data.subset_seed))
 
 
-def main_pairs(report: ReportRuns, family: str) -> list[Pair]:
-    """A family's pairs at its main training fraction, one per seed: the fraction with
-    the most pairs over all families (the one the families share, so that they are
-    compared in one regime), then with the most pairs of this family, the largest on a
-    tie."""
-    pairs = [p for p in report.pairs if p.family == family]
+def main_pairs(report: ReportRuns, family: str, key: Callable[[Pair], str] = lambda p: p.family) -> list[Pair]:
+    """A family's pairs (``key``: the family of a pair; the model name also works) at
+    its main training fraction, one per seed: the fraction with the most pairs over all
+    families (the one the families share, so that they are compared in one regime), then
+    with the most pairs of this family, the largest on a tie."""
+    pairs = [p for p in report.pairs if key(p) == family]
     if not pairs:
         return []
     everywhere = Counter(p.vanilla.fraction for p in report.pairs)
@@ -354,7 +354,7 @@ def _add_geometry(entry: dict, pairs: Sequence[Pair], measured) -> None:
 
 def _ntk_blocks(result: dict) -> list | None:
     """Per-block kappas of the headline kernel (the result names it)."""
-    kernel = result.get("headline") or next((k for k in ("trace", "full", "sum") if k in result), None)
+    kernel = result.get("headline_kernel") or next((k for k in ("trace", "full", "sum") if k in result), None)
     values = (result.get(kernel) or {}).get("per_block") if kernel else None
     return list(values) if values else None
 
@@ -389,17 +389,22 @@ def claims_section(rows: list) -> html.Section:
 
 # --------------------------------------------------------------------------- the whole page
 
-def geometry_pairs(report: ReportRuns) -> list[Pair]:
-    """One vanilla/SAM pair per family for the geometry section: the first seed of the
-    main training fraction (the pair the claims use)."""
-    return [pairs[0] for family in claims_lib.FAMILIES if (pairs := main_pairs(report, family))]
+def model_of(pair: Pair) -> str:
+    return pair.vanilla.cfg.model.name
+
+
+def geometry_groups(report: ReportRuns) -> list[list[ReportRun]]:
+    """What the geometry section shows, one group per model: its vanilla/SAM pair at the
+    main fraction, first seed (the pair the claims use), or a run without a pair alone."""
+    models = list(dict.fromkeys(model_of(p) for p in report.pairs))
+    pairs = [main_pairs(report, model, model_of)[0] for model in models]
+    return [[p.vanilla, p.sam] for p in pairs] + [[run] for run in report.unpaired]
 
 
 def geometry(report: ReportRuns, device: str, log) -> html.Section:
     from vitsam.analysis.report import geometry_section
 
-    return geometry_section([((p.vanilla.label, p.vanilla.run_dir), (p.sam.label, p.sam.run_dir))
-                             for p in geometry_pairs(report)])
+    return geometry_section([[(run.label, run.run_dir) for run in group] for group in geometry_groups(report)])
 
 
 def robustness(report: ReportRuns, device: str, log) -> html.Section:
@@ -415,23 +420,43 @@ EVALUATED_SECTIONS = ("geometry", "robustness")
 
 
 def evaluate_runs(report: ReportRuns, sections: Sequence[str], device: str, log) -> None:
-    """Run (or reuse) the evaluators every section needs, on every run."""
-    from vitsam.analysis.report import GEOMETRY_REQUESTS, measure_interpolation
-    from vitsam.evaluators.protocol import measure
+    """Run the evaluators each section shows and the claims read, reusing any result
+    saved for the same weights: the whole geometry for the runs the geometry section
+    shows (and the vanilla -> SAM interpolation of each pair), lambda_max and sparsity
+    for the other seeds the claims read, the robustness evaluators for every run."""
+    from vitsam.analysis.report import CLAIMS_REQUESTS, GEOMETRY_REQUESTS, measure_interpolation
 
-    requests = {"geometry": GEOMETRY_REQUESTS, "robustness": (("corruptions", None), ("attack", None))}
     for section in sections:
         if section not in EVALUATED_SECTIONS:
             continue
         start = time.perf_counter()
-        for run in report.runs:
-            measure(run.run_dir, [(name, options) for name, options in requests[section]
-                                  if (options or {}).get("split") != "val" or run.cfg.data.val_fraction > 0],
-                    device=device, log=log)   # held-out images only where the run holds some out
         if section == "geometry":
-            for pair in geometry_pairs(report):
-                measure_interpolation(pair.vanilla.run_dir, pair.sam.run_dir, device=device, log=log)
+            shown = geometry_groups(report)
+            for group in shown:
+                for run in group:
+                    _measure(run, GEOMETRY_REQUESTS, device, log)
+            shown_dirs = {run.run_dir for group in shown for run in group}
+            for family in claims_lib.FAMILIES:
+                for pair in main_pairs(report, family):
+                    for run in (pair.vanilla, pair.sam):
+                        if run.run_dir not in shown_dirs:
+                            _measure(run, CLAIMS_REQUESTS, device, log)
+            for group in shown:
+                if len(group) == 2:
+                    measure_interpolation(group[0].run_dir, group[1].run_dir, device=device, log=log)
+        else:
+            for run in report.runs:
+                _measure(run, (("corruptions", None), ("attack", None)), device, log)
         report.timings[section] = report.timings.get(section, 0.0) + time.perf_counter() - start
+
+
+def _measure(run: ReportRun, requests, device: str, log) -> None:
+    """``requests`` on one run; held-out images only where the run holds some out."""
+    from vitsam.evaluators.protocol import measure
+
+    wanted = [(name, options) for name, options in requests
+              if (options or {}).get("split") != "val" or run.cfg.data.val_fraction > 0]
+    measure(run.run_dir, wanted, device=device, log=log, any_options=True)
 
 
 def measured_result(run: ReportRun, name: str, **where) -> dict | None:
