@@ -272,3 +272,14 @@ def test_one_seed_takes_its_lambda_max_interval_from_disjoint_image_subsets():
     row = next(r for r in claims.scoreboard({"families": {"vit": one_number, "mixer": one_number, "resnet": resnet}})
                if r.id == "b")
     assert row.verdict == claims.INCONCLUSIVE
+
+
+def test_ntk_claim_names_its_kernel_and_never_compares_two_kernels():
+    same = {"vit": {"ntk_kappa": {"vanilla": [9000.0, 9100.0]}, "ntk_kernel": "full"},
+            "resnet": {"ntk_kappa": {"vanilla": [100.0, 110.0]}, "ntk_kernel": "full"},
+            "mixer": {"ntk_kappa": {"vanilla": [8000.0, 8100.0]}, "ntk_kernel": "full"}}
+    rows = {r.id: r for r in claims.scoreboard({"families": same})}
+    assert rows["f"].verdict == claims.REPRODUCED and "(full kernel)" in rows["f"].ours
+    mixed = {**same, "resnet": {"ntk_kappa": {"vanilla": [100.0, 110.0]}, "ntk_kernel": "trace"}}
+    rows = {r.id: r for r in claims.scoreboard({"families": mixed})}
+    assert rows["f"].verdict == claims.INCONCLUSIVE and "different kernels" in rows["f"].reason

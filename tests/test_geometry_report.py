@@ -136,7 +136,8 @@ def test_main_pairs_are_at_the_fraction_the_families_share():
     from vitsam.report.build import main_pairs
 
     def pair(family, fraction, seed=0):
-        cfg = SimpleNamespace(train=SimpleNamespace(seed=seed), data=SimpleNamespace(subset_seed=seed))
+        cfg = SimpleNamespace(train=SimpleNamespace(seed=seed, objective="classification"),
+                              data=SimpleNamespace(subset_seed=seed))
         run = SimpleNamespace(fraction=fraction, cfg=cfg)
         return SimpleNamespace(family=family, vanilla=run, sam=run)
 
@@ -153,7 +154,7 @@ def test_geometry_shows_every_model_and_every_run_without_a_pair():
     from vitsam.report.build import geometry_groups
 
     def run(model, seed=0, fraction=0.01, sam=False):
-        cfg = SimpleNamespace(model=SimpleNamespace(name=model), train=SimpleNamespace(seed=seed),
+        cfg = SimpleNamespace(model=SimpleNamespace(name=model), train=SimpleNamespace(seed=seed, objective="classification"),
                               data=SimpleNamespace(subset_seed=seed))
         return SimpleNamespace(cfg=cfg, fraction=fraction, label=f"{model}{'-SAM' if sam else ''}-s{seed}")
 
@@ -186,3 +187,31 @@ def test_report_evaluation_measures_what_is_missing_and_skips_held_out_images_a_
     assert all(find_result(r, "hessian", split="train") and find_result(r, "sparsity") for r in runs)
     curve = json.loads(geometry_report.interpolation_path(runs[0], runs[1]).read_text())
     assert curve["t"][0] == 0.0 and curve["t"][-1] == 1.0 and len(curve["loss"]) == 11
+
+
+def test_adversarially_trained_pairs_give_claim_g_its_evidence_at_the_training_radius():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from vitsam.report.build import evidence
+    from vitsam.robustness.correctness import pack
+
+    def run(family, sam, objective="adversarial"):
+        cfg = SimpleNamespace(model=SimpleNamespace(name=f"{family}_tiny"), adversarial=SimpleNamespace(eps=8 / 255),
+                              train=SimpleNamespace(seed=0, objective=objective), data=SimpleNamespace(subset_seed=0))
+        return SimpleNamespace(cfg=cfg, fraction=0.01, summary={"parameters": 10}, sam=sam, label=family)
+
+    correct = {("vit", False): [1, 0, 0, 1], ("vit", True): [1, 1, 0, 1],
+               ("resnet", False): [1, 1, 0, 0], ("resnet", True): [1, 1, 0, 0]}
+
+    def measured(r, name, **where):
+        vector = correct[(r.cfg.model.name.removesuffix("_tiny"), r.sam)]
+        return {"accuracy": {"0.0313725": float(np.mean(vector)), "0.00392157": 1.0}, "images_digest": "same",
+                "num_images": 4, "correct": {"0.0313725": pack(vector), "0.00392157": pack([1, 1, 1, 1])}}
+
+    pairs = [SimpleNamespace(family=f, vanilla=run(f, False), sam=run(f, True)) for f in ("vit", "resnet")]
+    report = SimpleNamespace(pairs=pairs, runs=[], unpaired=[])
+    families = evidence(report, measured)["families"]
+    np.testing.assert_array_equal(families["vit"]["adversarial_pgd"]["sam"], [1, 1, 0, 1])  # 8/255, not 1/255
+    assert "clean" not in families["vit"] and "pgd" not in families["vit"]  # not a standard-trained pair

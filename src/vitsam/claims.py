@@ -30,6 +30,7 @@ measured; ``missing`` may say why)::
                                         # the measurement's spread, used when fewer than 2 seeds ran
             "lambda_max_heldout_subsets": {...},                           # the same on held-out images
             "ntk_kappa": {"vanilla": [per diagonal block (or seed); null = singular], "sam": [...]},
+            "ntk_kernel": "full",        # which kernel: full (the paper's J J^T), trace or sum
             "sparsity": {"vanilla": [[active fraction per block] per seed], "sam": [...]},
             "fractions": {"0.05": {"vanilla": [0/1 per test image], "sam": [...]}, ...},  # training-data fraction
             "pgd": {"2/255": {"vanilla": [0/1 per image under PGD-10], "sam": [...]}, ...},  # standard training
@@ -60,7 +61,7 @@ REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inco
 FAMILIES = ("vit", "mixer", "resnet")
 LABELS = {"vit": "ViT", "mixer": "Mixer", "resnet": "ResNet"}
 EVIDENCE_KEYS = ("model", "params", "clean", "seed_accuracy", "corrupted", "lambda_max", "lambda_max_heldout",
-                 "lambda_max_subsets", "lambda_max_heldout_subsets", "ntk_kappa",
+                 "lambda_max_subsets", "lambda_max_heldout_subsets", "ntk_kappa", "ntk_kernel",
                  "sparsity", "fractions", "pgd", "adversarial_pgd", "missing")
 LAMBDA_FACTOR = 5.0        # "a large factor": SAM must cut lambda_max at least 5x for ViT and Mixer
 EARLY_BLOCKS = 0.25        # "first blocks": the first quarter of the blocks (at least one)
@@ -509,7 +510,10 @@ def claim_ntk(ev: Evidence, seed: int = 0) -> Claim:
             missing.append(f"{LABELS[family]} vanilla NTK kernel singular or absent: no finite condition number")
     comparisons = []
     for family in ("vit", "mixer"):
-        if kappa.get(family, {}).get("vanilla") and kappa.get("resnet", {}).get("vanilla"):
+        if ev.get(family, "ntk_kernel") != ev.get("resnet", "ntk_kernel"):
+            missing.append(f"{LABELS[family]} and ResNet kappa of different kernels "
+                           f"({ev.get(family, 'ntk_kernel')}, {ev.get('resnet', 'ntk_kernel')}): not compared")
+        elif kappa.get(family, {}).get("vanilla") and kappa.get("resnet", {}).get("vanilla"):
             comparisons.append(Comparison(f"{LABELS[family]} kappa - ResNet kappa (vanilla)",
                                           _difference(kappa[family]["vanilla"], kappa["resnet"]["vanilla"]), "",
                                           method="mean over blocks; conservative bounds (intervals must not overlap)"))
@@ -519,7 +523,8 @@ def claim_ntk(ev: Evidence, seed: int = 0) -> Claim:
     values = ", ".join(f"{paper.paper_name(m)} {paper.figure('table1', m, 'ntk_kappa', 'vanilla').value:g}"
                        for m in paper.REPRESENTATIVES.values())
     t1 = paper.TABLES["table1"].source
-    ours = [f"{ev.label(f)} kappa {_interval_text(k['vanilla'], '')}" for f, k in kappa.items() if k["vanilla"]]
+    ours = [f"{ev.label(f)} kappa ({ev.get(f, 'ntk_kernel') or 'unnamed'} kernel) {_interval_text(k['vanilla'], '')}"
+            for f, k in kappa.items() if k["vanilla"]]
     return _row("f", "(f) The NTK is worse conditioned for ViT and Mixer than for ResNet",
                 f"NTK condition number {values} ({t1}, one value per architecture; SAM's effect not given)",
                 "kappa = mean of the per-block condition numbers with its t-interval; reproduced if the ViT and "

@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train the small ViT, Mixer and ResNet with and without SAM in a data-limited "
                                    "regime, measure them and write OUT/report.html and OUT/claims.json. Finished "
                                    "runs and results are reused; interrupted runs resume.")
-    p.add_argument("--preset", default="quick", help="quick (2-core CPU, ~10 min) or full (a GPU)")
+    p.add_argument("--preset", default="quick", help="quick (2-core CPU, ~11 min) or full (a GPU)")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--data-dir")
     p.add_argument("--only", help="comma-separated subset of the runs, e.g. vit,vit_sam")

@@ -42,7 +42,7 @@ class DemoPlan:
 
 
 DEMO_PLANS = {
-    # 2-core CPU, about 10 minutes in all (README): the calibrated regime, one seed (a
+    # 2-core CPU, about 11 minutes in all (README): the calibrated regime, one seed (a
     # second seed gives intervals over seeds of t(1 dof) = 12.7 x the spread: too wide to
     # decide anything, for 6 more minutes of training)
     "quick": DemoPlan(seeds=(0,), vit_fractions=((0.005, 200.0), (0.02, 100.0))),

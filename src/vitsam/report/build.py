@@ -13,9 +13,10 @@ representative (ViT-B/16, Mixer-B/16, ResNet-152), labelled as such.
 from __future__ import annotations
 
 import json
-from collections import Counter
+import math
 import platform
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -271,12 +272,13 @@ def _by_seed(pairs: Sequence[Pair]) -> list[Pair]:
     return sorted(pairs, key=lambda p: (p.vanilla.cfg.train.seed, p.vanilla.cfg.data.subset_seed))
 
 
-def main_pairs(report: ReportRuns, family: str, key: Callable[[Pair], str] = lambda p: p.family) -> list[Pair]:
-    """A family's pairs (``key``: the family of a pair; the model name also works) at
-    its main training fraction, one per seed: the fraction with the most pairs over all
-    families (the one the families share, so that they are compared in one regime), then
-    with the most pairs of this family, the largest on a tie."""
-    pairs = [p for p in report.pairs if key(p) == family]
+def main_pairs(report: ReportRuns, family: str, key: Callable[[Pair], str] = lambda p: p.family,
+               objective: str = "classification") -> list[Pair]:
+    """A family's pairs (``key``: the family of a pair; the model name also works) trained
+    with ``objective``, at the main training fraction, one per seed: the fraction with the
+    most pairs over all families (the one the families share, so that they are compared
+    in one regime), then with the most pairs of this family, the largest on a tie."""
+    pairs = [p for p in report.pairs if key(p) == family and p.vanilla.cfg.train.objective == objective]
     if not pairs:
         return []
     everywhere = Counter(p.vanilla.fraction for p in report.pairs)
@@ -288,41 +290,69 @@ def main_pairs(report: ReportRuns, family: str, key: Callable[[Pair], str] = lam
 def evidence(report: ReportRuns, measured: Callable[..., dict | None]) -> dict:
     """The claims scoreboard's evidence (``vitsam.claims``) from the runs' own files and
     their evaluator results (``measured(run, name, **option_filter)`` -> the newest
-    result or None)."""
-    from vitsam.robustness.correctness import corruption_scores, correct_vector
-
+    result or None): claims (a)-(f) from the standard-trained pairs, (g) from the
+    adversarially trained ones."""
     families = {}
     for family in claims_lib.FAMILIES:
-        pairs = main_pairs(report, family)
-        if not pairs:
+        pairs, adversarial = main_pairs(report, family), main_pairs(report, family, objective="adversarial")
+        if not pairs and not adversarial:
             continue
-        first = pairs[0]
-        entry: dict = {"model": first.vanilla.cfg.model.name, "params": first.vanilla.summary.get("parameters"),
-                       "missing": {}}
-        clean = [first.vanilla.test_correct(), first.sam.test_correct()]
-        if all(c is not None for c in clean):
-            entry["clean"] = {"vanilla": clean[0], "sam": clean[1]}
-        accs = [(p.vanilla.summary.get("test_accuracy"), p.sam.summary.get("test_accuracy")) for p in pairs]
-        if all(a is not None and b is not None for a, b in accs):
-            entry["seed_accuracy"] = {"vanilla": [a for a, _ in accs], "sam": [b for _, b in accs]}
-        _add_geometry(entry, pairs, measured)
-        corr = [measured(r, "corruptions") for r in (first.vanilla, first.sam)]
-        if all(corr):
-            names = [n for n in corr[0]["per_corruption"] if n in corr[1]["per_corruption"]]
-            scores = [corruption_scores(c, names) for c in corr]
-            if all(s is not None for s in scores):
-                entry["corrupted"] = {"vanilla": scores[0], "sam": scores[1]}
-        attacks = [measured(r, "attack") for r in (first.vanilla, first.sam)]
-        if all(attacks) and attacks[0]["images_digest"] == attacks[1]["images_digest"]:
-            entry["pgd"] = {_eps_label(e): {"vanilla": correct_vector(attacks[0], e),
-                                            "sam": correct_vector(attacks[1], e)}
-                            for e in attacks[0]["accuracy"] if e in attacks[1]["accuracy"]}
-        fractions = _fractions(report, family)
-        if len(fractions) >= 2:
-            entry["fractions"] = fractions
+        first = (pairs or adversarial)[0].vanilla
+        entry: dict = {"model": first.cfg.model.name, "params": first.summary.get("parameters"), "missing": {}}
+        if pairs:
+            _add_standard(entry, report, family, pairs, measured)
+        if adversarial:
+            _add_adversarial(entry, adversarial[0], measured)
         entry["missing"] = {k: v for k, v in entry["missing"].items() if k not in entry}
         families[family] = entry
     return {"families": families}
+
+
+def _add_standard(entry: dict, report: ReportRuns, family: str, pairs: Sequence[Pair], measured) -> None:
+    """Accuracy, geometry, corruptions, PGD and data fractions of the standard-trained pairs."""
+    from vitsam.robustness.correctness import corruption_scores, correct_vector
+
+    first = pairs[0]
+    clean = [first.vanilla.test_correct(), first.sam.test_correct()]
+    if all(c is not None for c in clean):
+        entry["clean"] = {"vanilla": clean[0], "sam": clean[1]}
+    accs = [(p.vanilla.summary.get("test_accuracy"), p.sam.summary.get("test_accuracy")) for p in pairs]
+    if all(a is not None and b is not None for a, b in accs):
+        entry["seed_accuracy"] = {"vanilla": [a for a, _ in accs], "sam": [b for _, b in accs]}
+    _add_geometry(entry, pairs, measured)
+    corr = [measured(r, "corruptions") for r in (first.vanilla, first.sam)]
+    if all(corr):
+        names = [n for n in corr[0]["per_corruption"] if n in corr[1]["per_corruption"]]
+        scores = [corruption_scores(c, names) for c in corr]
+        if all(s is not None for s in scores):
+            entry["corrupted"] = {"vanilla": scores[0], "sam": scores[1]}
+    attacks = [measured(r, "attack") for r in (first.vanilla, first.sam)]
+    if all(attacks) and attacks[0]["images_digest"] == attacks[1]["images_digest"]:
+        entry["pgd"] = {_eps_label(e): {"vanilla": correct_vector(attacks[0], e),
+                                        "sam": correct_vector(attacks[1], e)}
+                        for e in attacks[0]["accuracy"] if e in attacks[1]["accuracy"]}
+    fractions = _fractions(report, family)
+    if len(fractions) >= 2:
+        entry["fractions"] = fractions
+
+
+def _add_adversarial(entry: dict, pair: Pair, measured) -> None:
+    """PGD-10 correctness of an adversarially trained pair at its training radius (the
+    paper's adversarial-training table evaluates there), on the same images."""
+    from vitsam.robustness.correctness import correct_vector
+
+    eps = pair.vanilla.cfg.adversarial.eps
+    attacks = [measured(r, "attack") for r in (pair.vanilla, pair.sam)]
+    if not all(attacks) or attacks[0]["images_digest"] != attacks[1]["images_digest"]:
+        entry["missing"]["adversarial_pgd"] = "no PGD-10 result on the same images for both adversarially trained runs"
+        return
+    keys = [next((k for k in a["accuracy"] if math.isclose(float(k), eps, rel_tol=1e-4)), None)  # keys: 6 digits
+            for a in attacks]
+    if None in keys:
+        entry["missing"]["adversarial_pgd"] = f"no PGD-10 result at the training radius {_eps_label(eps)}"
+        return
+    entry["adversarial_pgd"] = {"vanilla": correct_vector(attacks[0], keys[0]),
+                                "sam": correct_vector(attacks[1], keys[1])}
 
 
 def _eps_label(key: str) -> str:
@@ -343,19 +373,20 @@ def _add_geometry(entry: dict, pairs: Sequence[Pair], measured) -> None:
             entry["missing"][key] = f"no Hessian result on {split} images for every run (vitsam analyze)"
     ntk = [measured(r, "ntk") for r in (pairs[0].vanilla, pairs[0].sam)]
     if all(ntk):
-        kernels = [_ntk_blocks(n) for n in ntk]
-        if all(k is not None for k in kernels):
-            entry["ntk_kappa"] = {"vanilla": kernels[0], "sam": kernels[1]}
+        # the paper's kappa is of J J^T over all outputs: the full kernel where both runs have it
+        kernel = "full" if all(_ntk_blocks(n, "full") for n in ntk) else ntk[0].get("headline_kernel", "trace")
+        blocks = [_ntk_blocks(n, kernel) for n in ntk]
+        if all(b is not None for b in blocks):
+            entry["ntk_kappa"], entry["ntk_kernel"] = {"vanilla": blocks[0], "sam": blocks[1]}, kernel
     sparsity = [[measured(r, "sparsity") for r in (p.vanilla, p.sam)] for p in pairs]
     if all(all(s) and all("per_block" in x for x in s) for s in sparsity):
         entry["sparsity"] = {"vanilla": [_mean_per_block(s[0]) for s in sparsity],
                              "sam": [_mean_per_block(s[1]) for s in sparsity]}
 
 
-def _ntk_blocks(result: dict) -> list | None:
-    """Per-block kappas of the headline kernel (the result names it)."""
-    kernel = result.get("headline_kernel") or next((k for k in ("trace", "full", "sum") if k in result), None)
-    values = (result.get(kernel) or {}).get("per_block") if kernel else None
+def _ntk_blocks(result: dict, kernel: str) -> list | None:
+    """Per-block kappas of ``kernel`` in an NTK result (None when it was not measured)."""
+    values = (result.get(kernel) or {}).get("per_block")
     return list(values) if values else None
 
 
@@ -396,8 +427,8 @@ def model_of(pair: Pair) -> str:
 def geometry_groups(report: ReportRuns) -> list[list[ReportRun]]:
     """What the geometry section shows, one group per model: its vanilla/SAM pair at the
     main fraction, first seed (the pair the claims use), or a run without a pair alone."""
-    models = list(dict.fromkeys(model_of(p) for p in report.pairs))
-    pairs = [main_pairs(report, model, model_of)[0] for model in models]
+    kinds = list(dict.fromkeys((model_of(p), p.vanilla.cfg.train.objective) for p in report.pairs))
+    pairs = [main_pairs(report, model, model_of, objective)[0] for model, objective in kinds]
     return [[p.vanilla, p.sam] for p in pairs] + [[run] for run in report.unpaired]
 
 
