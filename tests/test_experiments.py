@@ -204,3 +204,17 @@ def test_a_table_runs_end_to_end_and_a_second_call_reuses_it(tmp_path, capsys):
     assert capsys.readouterr().out.count("finished earlier") == 2
     summary = json.loads((tmp_path / "table2" / "vit_tiny" / "sam" / "eval.json").read_text())
     assert summary["train_images_per_s_per_device"] > 0
+
+
+def test_robust_gains_carry_paired_intervals_when_per_image_scores_were_kept():
+    import numpy as np
+
+    from vitsam.experiments.tables import robust_gain
+
+    base = {"pgd10": 50.0, "pgd10_scores": np.array([1, 0, 0, 1] * 50, dtype=float)}
+    other = {"pgd10": 75.0, "pgd10_scores": np.array([1, 1, 0, 1] * 50, dtype=float)}
+    text = robust_gain(base, other, "pgd10")
+    assert text.startswith("+25.0 [") and text.endswith("]")
+    low, high = (float(x) for x in text[text.index("[") + 1:-1].split(", "))
+    assert 0 < low < 25 < high
+    assert robust_gain({**base, "pgd10_scores": None}, other, "pgd10") == "+25.0"   # no scores: no interval

@@ -335,24 +335,42 @@ def plan_adversarial(scope: Scope, models) -> list[Run]:
 
 
 def robust_numbers(run: Run | None) -> dict:
-    """{"pgd10": %, "corrupted": %} from the run's saved robustness results (missing: None);
-    a stored corrupted set (ImageNet-C) wins over corruptions made on the fly, and the
-    mean over the 15 ImageNet-C corruptions over the mean of whatever was evaluated."""
+    """{"pgd10": %, "corrupted": %} from the run's saved robustness results (missing: None),
+    with the per-image scores behind them ("pgd10_scores", "corrupted_scores": None when
+    not kept) for paired intervals; a stored corrupted set (ImageNet-C) wins over
+    corruptions made on the fly, and the mean over the 15 ImageNet-C corruptions over
+    the mean of whatever was evaluated."""
     from vitsam.evaluators.protocol import find_result
+    from vitsam.robustness.correctness import corruption_scores, correct_vector
+    from vitsam.robustness.corruptions import CORRUPTIONS
 
-    out = {"pgd10": None, "corrupted": None}
+    out = {"pgd10": None, "corrupted": None, "pgd10_scores": None, "corrupted_scores": None}
     if run is None or not run.finished:
         return out
     pgd = find_result(run.run_dir, "attack", attack="pgd", norm=run.config.adversarial.norm, steps=PGD_STEPS)
     if pgd is not None and pgd.get("accuracy"):
-        out["pgd10"] = 100 * next(iter(pgd["accuracy"].values()))
+        eps = next(iter(pgd["accuracy"]))
+        out["pgd10"], out["pgd10_scores"] = 100 * pgd["accuracy"][eps], correct_vector(pgd, eps)
     corrupted = find_result(run.run_dir, "corrupted_set") or find_result(run.run_dir, "corruptions")
     if corrupted is not None:
         # the paper's ImageNet-C column: the mean over the 15 standard corruptions
         standard = (corrupted.get("means") or {}).get("imagenet_c_15") or {}
         mean = standard.get("accuracy", corrupted.get("mean_accuracy"))
         out["corrupted"] = None if mean is None else 100 * mean
+        if standard:
+            out["corrupted_scores"] = corruption_scores(corrupted, CORRUPTIONS)
     return out
+
+
+def robust_gain(base: dict, other: dict, key: str) -> str:
+    """other - base in points with a 95% paired interval over the same images when both
+    kept per-image scores, else the bare difference."""
+    from vitsam.robustness.correctness import paired_gain
+
+    a, b = base[f"{key}_scores"], other[f"{key}_scores"]
+    if a is None or b is None or len(a) != len(b):
+        return _delta(base[key], other[key])
+    return signed(paired_gain(a, b).scaled(100))
 
 
 def _points(value: float | None) -> str:
@@ -378,15 +396,15 @@ def report_adversarial(runs: list[Run], scope: Scope) -> Report:
                      paper_value("adversarial", ref, "pgd10", "vanilla"),
                      paper_value("adversarial", ref, "imagenet_c", "vanilla")])
         rows.append([model, "adversarial + SAM", ours_with_gain(sam, vanilla),
-                     f"{_points(rs['pgd10'])} ({_delta(rv['pgd10'], rs['pgd10'])})",
-                     f"{_points(rs['corrupted'])} ({_delta(rv['corrupted'], rs['corrupted'])})", ""] +
+                     f"{_points(rs['pgd10'])} ({robust_gain(rv, rs, 'pgd10')})",
+                     f"{_points(rs['corrupted'])} ({robust_gain(rv, rs, 'corrupted')})", ""] +
                     [paper_sam_cell("adversarial", ref, column) for column in ("imagenet", "pgd10", "imagenet_c")])
     return one_table("Adversarial training with and without SAM (the paper's adversarial-training table)",
         "Each model trained on PGD examples (L-inf, random start) made against its current weights at every "
         "step, with its base optimizer and with SAM on the adversarial loss; evaluated on clean test images, "
         f"under a {PGD_STEPS}-step PGD attack at the training radius, and on corrupted test images (mean over "
         "corruptions and severities). SAM rows give the gain over adversarial training without SAM in "
-        "brackets (clean: 95% paired interval), as the paper prints its gains. The paper's vanilla figures "
+        "brackets with 95% paired intervals over the same images, as the paper prints its gains. The paper's vanilla figures "
         "are its SAM figures minus the printed gains.",
         headers, rows, "Top-1 (%), ours beside the paper's")
 
