@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from vitsam.analysis.report import (AnalyzedRun, block_table, families_of, sparsity_caption, table1,
+from vitsam.analysis.report import (AnalyzedRun, Family, block_table, sparsity_caption, table1,
                                     density_caption, perturbed_caption)
 
 
@@ -26,6 +26,11 @@ def run(label, sam, lam, se, converged=True, kappa=(120.0, 7.5), sparsity=(0.5, 
         "sparsity": {"per_block": {"mlp": list(sparsity)}},
     }
     return AnalyzedRun(label, Path(label), "vit_tiny", sam, results, 0.8, 1000)
+
+
+def families_of(runs):
+    """One family of the vanilla and the SAM run, as the geometry section builds it."""
+    return [Family(runs[0].model_name, {"sam" if r.sam else "vanilla": r for r in runs})]
 
 
 def test_table1_shows_spreads_kernels_and_convergence():

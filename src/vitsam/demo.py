@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from vitsam import presets
+from vitsam.analysis import report as geometry_report
 from vitsam.config import Config
 from vitsam.errors import unknown_choice
 
@@ -157,8 +158,7 @@ def train_runs(runs: list[DemoRun], workers: int) -> None:
 
 
 # lambda_max on every seed, training and held-out images (the claims need both seeds)
-LAMBDA_MAX = {"examples": 512, "subsets": 4, "tol": 1e-2, "density_steps": 0, "density_vectors": 1,
-              "trace_samples": 0, "blocks": False}
+LAMBDA_MAX = {**geometry_report.LAMBDA_MAX, "examples": 512, "subsets": 4, "tol": 1e-2}
 # the first seed's full Hessian picture within the quick demo's budget (2 CPU cores): the
 # same 512 images as the other seeds' lambda_max (the claims compare seeds), a coarse
 # spectrum (1 probe x 20 Lanczos steps), a 2-probe trace, per-block lambda_max to 1% or 15
@@ -199,12 +199,10 @@ def evaluate_runs(runs: list[DemoRun], spec: DemoPlan, device: str) -> None:
 
 def interpolate_pairs(runs: list[DemoRun], spec: DemoPlan, device: str) -> None:
     """The vanilla -> SAM weight interpolation of each family's first-seed main pair."""
-    from vitsam.analysis.report import measure_interpolation
-
     first = {(run.family, run.sam): run for run in runs if run.main and run.config.train.seed == spec.seeds[0]}
     for family in FAMILIES:
         if (family, False) in first and (family, True) in first:
-            measure_interpolation(first[family, False].run_dir, first[family, True].run_dir, device=device,
+            geometry_report.measure_interpolation(first[family, False].run_dir, first[family, True].run_dir, device=device,
                                   log=lambda text: print(f"[demo] {text}", flush=True))
 
 

@@ -75,14 +75,6 @@ def load_analyzed(label: str, run_dir: str | Path) -> AnalyzedRun:
                        summary.get("parameters") or results.get("hessian", {}).get("num_parameters"))
 
 
-def families_of(runs: Sequence[AnalyzedRun]) -> list[Family]:
-    """Runs grouped by model name (the last run of a kind wins)."""
-    families: dict[str, Family] = {}
-    for run in runs:
-        families.setdefault(run.model_name, Family(run.model_name)).runs["sam" if run.sam else "vanilla"] = run
-    return list(families.values())
-
-
 def _number(value) -> str:
     if value is None:
         return "-"
